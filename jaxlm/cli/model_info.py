@@ -1,0 +1,44 @@
+"""`jaxlm model-info CONFIG`: per-layer sizes, parameter count and training FLOPs per token.
+
+Shapes come from `jax.eval_shape`, so the 3B and 8B configs need no memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jaxlm.cli.common import add_config_args
+from jaxlm.config import load_run_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser("model-info", help="per-layer table, parameter count and FLOPs of a model config")
+    add_config_args(p, required=True)
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_context)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import jax
+
+    from jaxlm.model import abstract_model, flops
+    from jaxlm.model.transformer import param_count
+
+    cfg = load_run_config(args.config, args.overrides).model
+    seq_len = args.seq_len or cfg.max_context
+    model = abstract_model(cfg)
+    total = param_count(model)
+    print(f"{cfg.name}: {cfg.num_layers} layers, model_dim {cfg.model_dim}, head_dim {cfg.head_dim}, "
+          f"vocab {cfg.vocab_size}, {'tied' if cfg.tie_embeddings else 'untied'} embeddings")
+    print(f"{'layer':>5} {'q heads':>8} {'kv heads':>8} {'ffn dim':>8} {'params':>14}")
+    for i, (spec, n) in enumerate(zip(cfg.layer_specs, flops.layer_params(cfg))):
+        print(f"{i:>5} {spec.num_query_heads:>8} {spec.num_kv_heads:>8} {spec.ffn_dim:>8} {n:>14,}")
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
+    print(f"layer groups (scanned): {len(cfg.layer_groups)}")
+    print(f"total parameters: {total:,} ({total / 1e6:.2f}M), {nbytes / 2**30:.2f} GiB as {cfg.param_dtype}")
+    per_tok = flops.train_flops_per_token(cfg, seq_len)
+    print(f"training FLOPs/token at seq {seq_len}: {per_tok:.4g} (6N + 12*L*Hq*hd*T, causal not halved)")
+    return 0

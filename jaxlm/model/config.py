@@ -1,0 +1,154 @@
+"""The model's config: every architecture fact of the OpenELM / Llama 3 / Phi-3 families.
+
+Per-layer sizes (query heads, kv heads, FFN width) are given either explicitly, as an int
+(same for every layer) or a list of `num_layers` ints, or through OpenELM's layerwise-scaling
+multipliers (`qkv_multipliers`, `ffn_multipliers`, `num_gqa_groups`), computed as CoreNet does
+in `jaxlm.model.layerwise`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Literal
+
+from jaxlm.errors import ConfigError
+
+KernelImpl = Literal["auto", "xla", "pallas", "cudnn"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling. `type`: none | linear | llama3 | longrope (Phi-3 128k)."""
+
+    type: Literal["none", "linear", "llama3", "longrope"] = "none"
+    factor: float = 1.0  # linear and llama3: divide frequencies (llama3: the low ones) by this
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    original_max_position: int = 8192  # llama3 and longrope: the pre-training context
+    short_factor: tuple[float, ...] = ()  # longrope: head_dim/2 per-frequency divisors
+    long_factor: tuple[float, ...] = ()  # longrope: used when the sequence exceeds original_max_position
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """Sizes of one decoder layer."""
+
+    num_query_heads: int
+    num_kv_heads: int
+    ffn_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str = "model"
+    vocab_size: int = 32000
+    model_dim: int = 256
+    num_layers: int = 4
+    head_dim: int = 64
+    # Explicit per-layer sizes: an int (every layer) or a list of num_layers ints ...
+    num_query_heads: int | tuple[int, ...] | None = None
+    num_kv_heads: int | tuple[int, ...] | None = None
+    ffn_dim: int | tuple[int, ...] | None = None
+    # ... or OpenELM layerwise scaling (used for any of the three left unset above).
+    qkv_multipliers: tuple[float, float] | None = None
+    ffn_multipliers: tuple[float, float] | None = None
+    num_gqa_groups: int = 1  # query heads per kv head under layerwise scaling
+    ffn_dim_divisor: int = 256
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE (OpenELM)
+    tie_embeddings: bool = True  # logits = h @ embedding.T, no separate output head
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    max_context: int = 2048
+    activation: Literal["silu", "gelu"] = "silu"  # gate activation of the gated FFN (SwiGLU: silu)
+    param_dtype: DType = "float32"
+    compute_dtype: DType = "float32"
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    # Kernels: "auto" picks per backend (see jaxlm.ops.dispatch); the XLA path is the reference.
+    attention_impl: KernelImpl = "auto"
+    norm_impl: KernelImpl = "auto"
+    # Layers with identical sizes are stacked and run with one lax.scan (fewer blocks to compile).
+    scan_layers: bool = True
+    # Rematerialisation of each block in the backward pass: none | full | dots (save matmul outputs).
+    remat: Literal["none", "full", "dots"] = "none"
+
+    def __post_init__(self):
+        for field in ("vocab_size", "model_dim", "num_layers", "head_dim", "max_context", "ffn_dim_divisor",
+                      "num_gqa_groups"):
+            value = getattr(self, field)
+            if value <= 0:
+                raise ConfigError(f"model.{field} must be a positive integer, got {value}")
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be even for RoPE (pairs of dimensions rotate), got {self.head_dim}")
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ConfigError("model.norm_eps and model.rope_theta must be positive")
+        for field in ("num_query_heads", "num_kv_heads", "ffn_dim"):
+            value = getattr(self, field)
+            values = value if isinstance(value, tuple) else (value,) if value is not None else ()
+            if isinstance(value, tuple) and len(value) != self.num_layers:
+                raise ConfigError(
+                    f"model.{field} has {len(value)} entries but model.num_layers is {self.num_layers}; "
+                    f"give one value per layer or a single int")
+            if any(v <= 0 for v in values):
+                raise ConfigError(f"model.{field} must hold positive integers, got {value}")
+        if (self.num_query_heads is None or self.num_kv_heads is None) and self.qkv_multipliers is None:
+            raise ConfigError("set model.num_query_heads and model.num_kv_heads, or model.qkv_multipliers "
+                              "for OpenELM layerwise scaling")
+        if self.ffn_dim is None and self.ffn_multipliers is None:
+            raise ConfigError("set model.ffn_dim, or model.ffn_multipliers for OpenELM layerwise scaling")
+        for i, spec in enumerate(self.layer_specs):
+            if spec.num_query_heads % spec.num_kv_heads:
+                raise ConfigError(
+                    f"layer {i}: {spec.num_query_heads} query heads are not divisible by {spec.num_kv_heads} kv "
+                    f"heads; choose num_kv_heads dividing num_query_heads")
+        rs = self.rope_scaling
+        if rs.type == "longrope":
+            half = self.head_dim // 2
+            if len(rs.short_factor) != half or len(rs.long_factor) != half:
+                raise ConfigError(f"model.rope_scaling short_factor and long_factor need head_dim/2 = {half} "
+                                  f"values each, got {len(rs.short_factor)} and {len(rs.long_factor)}")
+        if rs.type in ("linear", "llama3") and rs.factor <= 0:
+            raise ConfigError(f"model.rope_scaling.factor must be positive, got {rs.factor}")
+
+    @functools.cached_property
+    def layer_specs(self) -> tuple[LayerSpec, ...]:
+        """Per-layer (query heads, kv heads, FFN width)."""
+        from jaxlm.model import layerwise
+
+        n = self.num_layers
+        if self.num_query_heads is None or self.num_kv_heads is None:
+            q, kv = layerwise.openelm_heads(n, self.model_dim, self.head_dim, self.qkv_multipliers,
+                                            self.num_gqa_groups)
+        q = _per_layer(self.num_query_heads, n) if self.num_query_heads is not None else q
+        kv = _per_layer(self.num_kv_heads, n) if self.num_kv_heads is not None else kv
+        if self.ffn_dim is not None:
+            ffn = _per_layer(self.ffn_dim, n)
+        else:
+            ffn = layerwise.openelm_ffn_dims(n, self.model_dim, self.ffn_multipliers, self.ffn_dim_divisor)
+        return tuple(LayerSpec(a, b, c) for a, b, c in zip(q, kv, ffn))
+
+    @property
+    def layer_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
+        """Runs of consecutive layers with identical sizes: ((spec, count), ...).
+
+        With `scan_layers`, each run is stored stacked and executed with one scan.
+        """
+        groups: list[list] = []
+        for spec in self.layer_specs:
+            if self.scan_layers and groups and groups[-1][0] == spec:
+                groups[-1][1] += 1
+            else:
+                groups.append([spec, 1])
+        return tuple((s, c) for s, c in groups)
+
+    @property
+    def uniform(self) -> bool:
+        """True when every layer has the same sizes (Llama / Phi-3 style)."""
+        return len(set(self.layer_specs)) == 1
+
+
+def _per_layer(value: int | tuple[int, ...], n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, tuple) else (value,) * n

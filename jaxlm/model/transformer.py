@@ -1,0 +1,188 @@
+"""The decoder-only transformer (Flax NNX): pre-norm blocks with per-layer sizes.
+
+Layout of the weights (JAX convention, inputs first):
+  embed        (V, D)                          token embeddings; also the output head when tied
+  attn.qkv     (D, Hkv, G + 2, hd)             fused projection, per kv head: its G query heads, k, v
+  attn.out     (Hkv, G, hd, D)
+  ffn.w_in     (D, 2, F)                       gated FFN; [:, 0] is the gate, [:, 1] the up projection
+  ffn.w_out    (F, D)
+  lm_head      (D, V)                          only when embeddings are untied
+Grouping q heads under their kv head keeps each kv head's q, k and v together, so tensor
+parallelism can split the fused projection along kv heads.
+Layers with identical sizes are stacked on a leading "layers" axis and run with lax.scan.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm import ops
+from jaxlm.model import kv_cache
+from jaxlm.model.config import LayerSpec, ModelConfig
+from jaxlm.model.rope import apply_rope, rope_tables
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, axes: tuple, dtype) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype), axes=axes)
+
+
+def _ones(shape: tuple[int, ...], axes: tuple, dtype) -> nnx.Param:
+    return nnx.Param(jnp.ones(shape, dtype), axes=axes)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with fused qkv, optional QK-norm and RoPE."""
+
+    def __init__(self, stack: int, model_dim: int, head_dim: int, num_query_heads: int, num_kv_heads: int,
+                 qk_norm: bool, out_std: float, param_dtype, *, rngs: nnx.Rngs):
+        self.num_groups = num_query_heads // num_kv_heads  # query heads per kv head (G)
+        self.head_dim = head_dim
+        lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+        self.qkv = _param(rngs, lead + (model_dim, num_kv_heads, self.num_groups + 2, head_dim), model_dim ** -0.5,
+                          lead_axes + ("embed", "kv_heads", None, "head_dim"), param_dtype)
+        self.out = _param(rngs, lead + (num_kv_heads, self.num_groups, head_dim, model_dim), out_std,
+                          lead_axes + ("kv_heads", None, "head_dim", "embed"), param_dtype)
+        self.q_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
+        self.k_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
+
+    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl):
+        b, t, _ = x.shape
+        g = self.num_groups
+        qkv = ops.dense("btd,dkgh->btkgh", x, self.qkv[...])  # (B, T, Hkv, G + 2, hd)
+        hkv = qkv.shape[2]
+        q = qkv[:, :, :, :g].reshape(b, t, hkv * g, self.head_dim)  # (B, T, Hq, hd); head h -> kv head h // G
+        k, v = qkv[:, :, :, g], qkv[:, :, :, g + 1]  # (B, T, Hkv, hd)
+        if self.q_norm is not None:
+            q = ops.rms_norm(q, self.q_norm[...], norm_eps, norm_impl)
+            k = ops.rms_norm(k, self.k_norm[...], norm_eps, norm_impl)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            out = ops.attention(q, k, v, causal=True, segment_ids=segment_ids, impl=attention_impl)
+        else:
+            cache, k_all, v_all = kv_cache.update_layer(cache, k, v, positions[:, 0])
+            kv_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (b, k_all.shape[1]))
+            out = ops.attention(q, k_all, v_all, causal=True, q_positions=positions, kv_positions=kv_pos,
+                                impl=attention_impl)
+        out = out.reshape(b, t, hkv, g, self.head_dim)
+        return ops.dense("btkgh,kghd->btd", out, self.out[...]), cache
+
+
+class FeedForward(nnx.Module):
+    """Gated FFN: w_out(act(x @ gate) * (x @ up)); SwiGLU with act = silu."""
+
+    def __init__(self, stack: int, model_dim: int, ffn_dim: int, activation: str, out_std: float, param_dtype,
+                 *, rngs: nnx.Rngs):
+        lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+        self.activation = activation
+        self.w_in = _param(rngs, lead + (model_dim, 2, ffn_dim), model_dim ** -0.5,
+                           lead_axes + ("embed", None, "mlp"), param_dtype)
+        self.w_out = _param(rngs, lead + (ffn_dim, model_dim), out_std, lead_axes + ("mlp", "embed"), param_dtype)
+
+    def __call__(self, x):
+        h = ops.dense("btd,dcf->btcf", x, self.w_in[...])  # (B, T, 2, F)
+        act = jax.nn.silu if self.activation == "silu" else jax.nn.gelu
+        return ops.dense("btf,fd->btd", act(h[:, :, 0]) * h[:, :, 1], self.w_out[...])
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + attn(norm(x)), then h + ffn(norm(h)).
+
+    With stack > 0 every parameter has a leading axis of that size (a group of identical layers).
+    """
+
+    def __init__(self, stack: int, cfg: ModelConfig, spec: LayerSpec, *, rngs: nnx.Rngs):
+        dt = jnp.dtype(cfg.param_dtype)
+        out_std = cfg.model_dim ** -0.5 * (2 * cfg.num_layers) ** -0.5
+        lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+        self.attn_norm = _ones(lead + (cfg.model_dim,), lead_axes + ("norm",), dt)
+        self.attn = Attention(stack, cfg.model_dim, cfg.head_dim, spec.num_query_heads, spec.num_kv_heads,
+                              cfg.qk_norm, out_std, dt, rngs=rngs)
+        self.ffn_norm = _ones(lead + (cfg.model_dim,), lead_axes + ("norm",), dt)
+        self.ffn = FeedForward(stack, cfg.model_dim, spec.ffn_dim, cfg.activation, out_std, dt, rngs=rngs)
+
+    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl):
+        attn_out, cache = self.attn(ops.rms_norm(x, self.attn_norm[...], norm_eps, norm_impl), cos, sin,
+                                    segment_ids=segment_ids, positions=positions, cache=cache, norm_eps=norm_eps,
+                                    attention_impl=attention_impl, norm_impl=norm_impl)
+        h = x + attn_out
+        return h + self.ffn(ops.rms_norm(h, self.ffn_norm[...], norm_eps, norm_impl)), cache
+
+
+class Transformer(nnx.Module):
+    """Token ids -> logits. See the module docstring for the weight layout."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dt = jnp.dtype(cfg.param_dtype)
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.model_dim), cfg.model_dim ** -0.5, ("vocab", "embed"), dt)
+        self.groups = nnx.List([Block(count, cfg, spec, rngs=rngs) for spec, count in cfg.layer_groups])
+        self.final_norm = _ones((cfg.model_dim,), ("norm",), dt)
+        self.lm_head = None if cfg.tie_embeddings else _param(
+            rngs, (cfg.model_dim, cfg.vocab_size), cfg.model_dim ** -0.5, ("embed", "vocab"), dt)
+
+    def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, cache: list | None = None):
+        """tokens (B, T) int. positions (B, T): default restart at 0 in each segment.
+
+        segment_ids (B, T): packed documents (tokens attend only within their segment).
+        cache: from `kv_cache.init_cache`; then tokens are written at `positions` and
+        (logits, new_cache) is returned. Logits (B, T, V) are float32.
+        """
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.compute_dtype)
+        if positions is None:
+            positions = segment_positions(segment_ids) if segment_ids is not None else jnp.broadcast_to(
+                jnp.arange(tokens.shape[1]), tokens.shape)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_context)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)  # (B, T, D)
+        kwargs = dict(segment_ids=segment_ids, positions=positions, norm_eps=cfg.norm_eps,
+                      attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl)
+        new_cache = []
+        for i, block in enumerate(self.groups):
+            x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat, kwargs)
+            new_cache.append(group_cache)
+        x = ops.rms_norm(x, self.final_norm[...], cfg.norm_eps, cfg.norm_impl)
+        if self.lm_head is None:
+            logits = ops.dense("btd,vd->btv", x, self.embed[...], dtype=dtype)
+        else:
+            logits = ops.dense("btd,dv->btv", x, self.lm_head[...], dtype=dtype)
+        logits = logits.astype(jnp.float32)
+        return logits if cache is None else (logits, new_cache)
+
+
+def run_group(block: Block, x, cos, sin, cache, remat: str, kwargs):
+    """Run a stack of identical layers with lax.scan over their stacked parameters (and cache)."""
+    graphdef, state = nnx.split(block)
+
+    def body(h, layer):
+        layer_state, layer_cache = layer
+        h, layer_cache = nnx.merge(graphdef, layer_state)(h, cos, sin, cache=layer_cache, **kwargs)
+        return h, layer_cache
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    x, cache = jax.lax.scan(body, x, (state, cache))
+    return x, cache
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """(B, T) segment ids -> positions restarting at 0 where the segment changes."""
+    idx = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+
+
+def param_count(model_or_state) -> int:
+    """Number of parameters (elements of nnx.Param variables); works on abstract shapes."""
+    state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
