@@ -4,6 +4,12 @@ A group's cache is a dict of arrays with a leading layer axis, scanned together 
 group's stacked parameters: k, v (L_g, B, S, Hkv, D). Slot s of a row holds the key/value of
 the token at position s of that row, so a row's prompt and its generated tokens are written
 contiguously from position 0, and attention masks slots by position (slot <= query position).
+
+Two storage formats:
+  float (bfloat16 / float16 / float32)  k, v stored as they are (cast to the cache dtype)
+  int8                                  k, v rounded to int8 with one float32 scale per token
+                                        and kv head: k_scale, v_scale (L_g, B, S, Hkv), so a
+                                        slot costs D + 4 bytes instead of 2 D (bf16)
 """
 
 from __future__ import annotations
@@ -17,23 +23,53 @@ LayerCache = dict[str, jax.Array]
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=jnp.bfloat16) -> list[LayerCache]:
-    """Zeroed cache for `batch_size` rows of up to `max_len` positions."""
+    """Zeroed cache for `batch_size` rows of up to `max_len` positions; dtype int8 = quantized."""
+    dtype = jnp.dtype(dtype)
     caches = []
     for spec, count in cfg.layer_groups:
         shape = (count, batch_size, max_len, spec.num_kv_heads, cfg.head_dim)
-        caches.append({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)})
+        group = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+        if dtype == jnp.int8:
+            group["k_scale"] = jnp.zeros(shape[:-1], jnp.float32)
+            group["v_scale"] = jnp.zeros(shape[:-1], jnp.float32)
+        caches.append(group)
     return caches
+
+
+def cache_bytes(cfg: ModelConfig, batch_size: int, max_len: int, dtype=jnp.bfloat16) -> int:
+    """Bytes held by `init_cache(cfg, batch_size, max_len, dtype)` (computed, nothing allocated)."""
+    shapes = jax.eval_shape(lambda: init_cache(cfg, batch_size, max_len, dtype))
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+
+
+def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x (..., D) -> int8 values (..., D) and float32 scales (...): symmetric absmax per vector."""
+    x32 = x.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(x32), axis=-1) / 127.0
+    q = jnp.round(x32 / jnp.where(scale == 0, 1.0, scale)[..., None])
+    return jnp.clip(q, -127, 127).astype(jnp.int8), scale
+
+
+def dequantize(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
+    return (q.astype(jnp.float32) * scale[..., None]).astype(dtype)
 
 
 def update_layer(cache: LayerCache, k: jax.Array, v: jax.Array, start: jax.Array
                  ) -> tuple[LayerCache, jax.Array, jax.Array]:
     """Write k, v (B, T, Hkv, D) at positions start[b] .. start[b] + T - 1 of each row.
 
-    Returns the new cache and the full keys and values (B, S, Hkv, D) to attend over.
+    Returns the new cache and the full keys and values (B, S, Hkv, D), in k's dtype, to attend over.
     """
-    def write(buf, new, s):  # buf (S, Hkv, D), new (T, Hkv, D)
-        return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (s, 0, 0))
+    def write(buf, new, s):  # buf (S, ...), new (T, ...)
+        return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (s,) + (0,) * (buf.ndim - 1))
 
-    k_all = jax.vmap(write)(cache["k"], k, start)
-    v_all = jax.vmap(write)(cache["v"], v, start)
-    return {"k": k_all, "v": v_all}, k_all.astype(k.dtype), v_all.astype(v.dtype)
+    if "k_scale" not in cache:
+        k_all = jax.vmap(write)(cache["k"], k, start)
+        v_all = jax.vmap(write)(cache["v"], v, start)
+        return {"k": k_all, "v": v_all}, k_all.astype(k.dtype), v_all.astype(v.dtype)
+    new = {}
+    for name, x in (("k", k), ("v", v)):
+        q, scale = quantize(x)
+        new[name] = jax.vmap(write)(cache[name], q, start)
+        new[name + "_scale"] = jax.vmap(write)(cache[name + "_scale"], scale, start)
+    return (new, dequantize(new["k"], new["k_scale"], k.dtype), dequantize(new["v"], new["v_scale"], v.dtype))

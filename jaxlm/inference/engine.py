@@ -1,0 +1,223 @@
+"""Compiled generation: one prefill program fills the KV cache, one decode program runs the loop.
+
+Rows of different lengths are right-padded to a common width T and prefilled at positions
+0 .. T-1; row b's first new token then goes to position len_b, overwriting the padding's
+cache slot, and every later slot of that row is masked because attention only sees slots
+<= the query position. So each row decodes at its own positions with no left padding.
+
+    prefill(tokens (B, T), lengths (B,))  -> first token (B,) and the decode state
+    decode(state, max_new_tokens)         -> tokens (B, N): one lax.while_loop, stopping
+                                             when every row has hit a stop token
+
+Shapes are bucketed (prompt width to a multiple of 32, new tokens to a multiple of 32) so
+nearby requests reuse the compiled programs. Streaming uses an ordered io_callback in the
+loop body: the host sees each step's tokens as they are produced and may ask to stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import io_callback
+
+from jaxlm.errors import JaxlmError
+from jaxlm.inference.sampling import SamplingParams, next_token
+from jaxlm.model import kv_cache
+
+BUCKET = 32
+CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+# on_token(step, tokens (B,) np.int32, done (B,) np.bool_) -> True to stop early.
+TokenCallback = Callable[[int, np.ndarray, np.ndarray], "bool | None"]
+
+_sinks: dict[int, TokenCallback] = {}
+_sink_ids = itertools.count(1)
+_sink_lock = threading.Lock()
+
+
+def _emit(sink_id, step, tokens, done):
+    """Host side of the streaming callback: forward one step to the registered Python callable."""
+    stop = _sinks[int(sink_id)](int(step), np.asarray(tokens), np.asarray(done))
+    return np.bool_(bool(stop))
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    """tokens[b]: the new ids of row b, stop token excluded; finish_reasons[b]: "stop" or "length"."""
+
+    tokens: list[list[int]]
+    finish_reasons: list[str]
+    prompt_lengths: list[int]
+    time_to_first_token_s: float  # prefill + first token, wall clock, compile included if it happened
+    decode_s: float  # the decode loop (tokens 2..N), wall clock
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+class Engine:
+    """Holds a model's split state and its compiled prefill / decode programs."""
+
+    def __init__(self, model: nnx.Module, cache_dtype: str = "auto", vocab_limit: int | None = None):
+        if cache_dtype not in CACHE_DTYPES:
+            raise JaxlmError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
+        self.cfg = model.cfg
+        self.cache_dtype = self.cfg.compute_dtype if cache_dtype == "auto" else cache_dtype
+        self.vocab_limit = vocab_limit or self.cfg.vocab_size
+        self.graphdef, self.state = nnx.split(model)
+        self._prefill = jax.jit(functools.partial(_prefill, self.graphdef),
+                                static_argnames=("cache_len", "cache_dtype", "greedy"))
+        self._decode = jax.jit(functools.partial(_decode, self.graphdef),
+                               static_argnames=("out_len", "greedy", "stream"), donate_argnames=("carry",))
+
+    def check_request(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        if not prompts:
+            raise JaxlmError("no prompts given; pass at least one prompt")
+        if max_new_tokens < 1:
+            raise JaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise JaxlmError(f"prompt {i} is empty; give at least one token (e.g. the BOS token)")
+            if len(p) + max_new_tokens > self.cfg.max_context:
+                raise JaxlmError(
+                    f"prompt {i} has {len(p)} tokens + max_new_tokens {max_new_tokens} = "
+                    f"{len(p) + max_new_tokens}, over the model's context of {self.cfg.max_context}; "
+                    f"shorten the prompt or lower max_new_tokens")
+            bad = [t for t in p if not 0 <= t < self.cfg.vocab_size]
+            if bad:
+                raise JaxlmError(f"prompt {i} has token id {bad[0]} outside the model's vocabulary "
+                                 f"[0, {self.cfg.vocab_size}); check that the tokenizer matches the model")
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
+                 sampling: SamplingParams = SamplingParams(),
+                 stop_tokens: Sequence[int] | Sequence[Sequence[int]] | None = None,
+                 on_token: TokenCallback | None = None) -> GenerationOutput:
+        """Generate up to max_new_tokens for each prompt (lists of token ids, any lengths).
+
+        stop_tokens: ids that end a row (default: the model's eos), or one list per row.
+        on_token: streaming callback, called once per step with that step's tokens.
+        """
+        self.check_request(prompts, max_new_tokens)
+        b = len(prompts)
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        width = min(_round_up(int(lengths.max()), BUCKET), self.cfg.max_context)
+        out_len = _round_up(max_new_tokens, BUCKET)
+        cache_len = min(self.cfg.max_context, width + out_len)
+        tokens = np.zeros((b, width), np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, :len(p)] = p
+        stops = _stop_matrix(stop_tokens, b, self.cfg.eos_token_id)
+        knobs = sampling.as_arrays()
+        key = jax.random.key(sampling.seed)
+        limit = jnp.int32(self.vocab_limit)
+
+        t0 = time.perf_counter()
+        first, carry = self._prefill(self.state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(stops),
+                                     knobs, key, limit, cache_len=cache_len, cache_dtype=self.cache_dtype,
+                                     greedy=sampling.greedy)
+        first = np.asarray(first)
+        ttft = time.perf_counter() - t0
+        stopped = on_token is not None and bool(on_token(0, first, np.isin(first, stops)))
+
+        sink_id = 0
+        if on_token is not None:
+            with _sink_lock:
+                sink_id = next(_sink_ids)
+                _sinks[sink_id] = on_token
+        t1 = time.perf_counter()
+        try:
+            n_new = 1 if stopped else max_new_tokens
+            out = self._decode(self.state, carry, jnp.asarray(stops), knobs, key, limit, jnp.int32(n_new),
+                               jnp.int32(sink_id), out_len=out_len, greedy=sampling.greedy,
+                               stream=on_token is not None)
+            out = np.asarray(out)
+        finally:
+            _sinks.pop(sink_id, None)
+        decode_s = time.perf_counter() - t1
+        return _collect(out, stops, max_new_tokens, lengths, ttft, decode_s)
+
+
+def _stop_matrix(stop_tokens, b: int, eos: int) -> np.ndarray:
+    """(B, K) int32 stop ids per row, padded with -1 (never a token)."""
+    if stop_tokens is None:
+        rows = [[eos]] * b
+    elif len(stop_tokens) and isinstance(stop_tokens[0], (list, tuple)):
+        if len(stop_tokens) != b:
+            raise JaxlmError(f"stop_tokens has {len(stop_tokens)} lists for {b} prompts; give one per prompt")
+        rows = [list(r) for r in stop_tokens]
+    else:
+        rows = [list(stop_tokens)] * b
+    k = max(1, max(len(r) for r in rows))
+    out = np.full((b, k), -1, np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def _collect(out: np.ndarray, stops: np.ndarray, max_new: int, lengths, ttft: float, decode_s: float
+             ) -> GenerationOutput:
+    tokens, reasons = [], []
+    for row, stop in zip(out, stops):
+        row = row[:max_new]
+        hits = np.flatnonzero(np.isin(row, stop[stop >= 0]))
+        end = int(hits[0]) if hits.size else int(np.sum(row >= 0))
+        tokens.append(row[:end].tolist())
+        reasons.append("stop" if hits.size else "length")
+    return GenerationOutput(tokens, reasons, [int(n) for n in lengths], ttft, decode_s)
+
+
+def _prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *, cache_len: int,
+             cache_dtype: str, greedy: bool):
+    """Run the padded prompts (B, T) through the model, filling a fresh cache; pick token 0."""
+    model = nnx.merge(graphdef, state)
+    b, t = tokens.shape
+    cache = kv_cache.init_cache(model.cfg, b, cache_len, cache_dtype)
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    logits, cache = model(tokens, positions=positions, cache=cache)  # (B, T, V)
+    last = logits[jnp.arange(b), lengths - 1]  # (B, V) logits after each row's last real token
+    valid = jnp.arange(t)[None, :] < lengths[:, None]
+    seen = jnp.zeros(last.shape, bool).at[jnp.arange(b)[:, None], tokens].max(valid)
+    first = next_token(last, seen, jax.random.fold_in(key, 0), knobs, greedy=greedy, vocab_limit=vocab_limit)
+    seen = seen.at[jnp.arange(b), first].set(True)
+    done = jnp.any(first[:, None] == stops, axis=-1)
+    return first, {"cache": cache, "token": first, "position": lengths, "seen": seen, "done": done}
+
+
+def _decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink_id, *, out_len: int,
+            greedy: bool, stream: bool):
+    """Tokens 1 .. max_new-1 in one while_loop. Returns (B, out_len) ids: -1 after a row is done."""
+    model = nnx.merge(graphdef, state)
+    b = carry["token"].shape[0]
+    out = jnp.full((b, out_len), -1, jnp.int32).at[:, 0].set(carry["token"])
+
+    def cond(c):
+        step, _, _, halt = c
+        return (step < max_new) & ~jnp.all(c[1]["done"]) & ~halt
+
+    def body(c):
+        step, s, out, _ = c
+        logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
+        tok = next_token(logits[:, 0], s["seen"], jax.random.fold_in(key, step), knobs, greedy=greedy,
+                         vocab_limit=vocab_limit)
+        tok = jnp.where(s["done"], -1, tok)
+        done = s["done"] | jnp.any(tok[:, None] == stops, axis=-1)
+        seen = s["seen"].at[jnp.arange(b), jnp.maximum(tok, 0)].max(tok >= 0)
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
+        halt = jnp.bool_(False)
+        if stream:
+            halt = io_callback(_emit, jax.ShapeDtypeStruct((), jnp.bool_), sink_id, step, tok, done, ordered=True)
+        s = {"cache": cache, "token": jnp.maximum(tok, 0), "position": s["position"] + 1, "seen": seen,
+             "done": done}
+        return step + 1, s, out, halt
+
+    _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), carry, out, jnp.bool_(False)))
+    return out

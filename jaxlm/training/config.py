@@ -1,0 +1,69 @@
+"""Config sections of a training run: `train`, `checkpoint` and `mesh` in RunConfig.
+
+Every field is commented; defaults follow OpenELM's CoreNet recipe where one applies
+(AdamW betas (0.9, 0.95), eps 1e-8, weight decay 0.1, cosine to 0.1 x peak, clip 1.0, z-loss 1e-4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxlm.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer updates in the whole run
+    batch_size: int = 8  # global sequences per optimizer update (all processes, all micro-batches)
+    seq_len: int = 256  # tokens per sequence
+    micro_batches: int = 1  # gradient accumulation: the batch is split into this many sequential parts
+    lr: float = 3e-3  # peak learning rate
+    warmup_steps: int = 100  # linear warm-up from warmup_init_lr to lr
+    warmup_init_lr: float = 1e-6
+    min_lr_ratio: float = 0.1  # cosine decays to min_lr_ratio * lr at the last step
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW); not applied to norm weights (1-D per layer)
+    clip_norm: float = 1.0  # global-norm gradient clipping; 0 disables
+    z_loss: float = 1e-4  # coefficient of mean(logsumexp(logits)^2) added to the loss
+    log_every: int = 10  # steps between metric lines (console, metrics.jsonl, TensorBoard)
+    out_dir: str = "runs/default"  # the run directory (config.yaml, tokenizer, checkpoints/, metrics)
+    init_from: str | None = None  # a model dir or run dir whose params start this run (fine-tuning)
+    sample_prompt: str = "ROMEO:"  # printed sample at the end of the run ("" to skip)
+    sample_tokens: int = 60  # tokens generated for that sample
+    peak_flops: float | None = None  # override the per-device peak (FLOP/s) used for MFU
+    stop_after: int | None = None  # end the process after this many steps (tests), as if preempted
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(f"train.batch_size {self.batch_size} is not divisible by train.micro_batches "
+                              f"{self.micro_batches}; choose a divisor")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
+            raise ConfigError("train.lr must be positive, train.min_lr_ratio in [0, 1], train.warmup_steps >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 200  # steps between (asynchronous) saves; the last step is always saved; 0: only the last
+    keep: int = 3  # most recent checkpoints kept ...
+    keep_best: int = 1  # ... plus this many with the lowest loss
+    async_save: bool = True  # write in a background thread while training continues
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape; the product must equal the number of devices (-1: fill with what is left)."""
+
+    data: int = -1  # pure data parallelism (batch split, parameters replicated)
+    fsdp: int = 1  # batch split and parameters + optimizer state sharded
+    tensor: int = 1  # heads and FFN width split (Megatron-style)
+
+    def __post_init__(self):
+        sizes = (self.data, self.fsdp, self.tensor)
+        if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+            raise ConfigError(f"mesh sizes must be positive (at most one -1), got data={self.data}, "
+                              f"fsdp={self.fsdp}, tensor={self.tensor}")
