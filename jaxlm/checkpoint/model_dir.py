@@ -53,22 +53,37 @@ def read_config(path: str | Path) -> RunConfig:
     return from_dict(RunConfig, yaml.safe_load(cfg_file.read_text()))
 
 
-def load_model(path: str | Path, run_cfg: RunConfig | None = None) -> tuple[RunConfig, nnx.Module]:
-    """Read a model directory -> (run config, model with the saved parameters)."""
+def load_model(path: str | Path, run_cfg: RunConfig | None = None,
+               model_config=None) -> tuple[RunConfig, nnx.Module]:
+    """Read a model dir, a run dir (latest step) or RUN_DIR/checkpoints/<step> -> (run config, model).
+
+    Only parameters are restored. With `model_config`, that architecture is built instead of the
+    saved one (and no LoRA is applied), e.g. to start a run from a model dir; shapes must match.
+    """
     import orbax.checkpoint as ocp
 
+    from jaxlm.checkpoint.locate import locate
     from jaxlm.model import abstract_model
+    from jaxlm.training.checkpointing import check_param_shapes, saved_param_shapes
+    from jaxlm.training.state import prepare_model
 
-    path = Path(path).absolute()
-    if not path.exists():
-        raise JaxlmError(f"checkpoint path {path} does not exist")
-    run_cfg = run_cfg or read_config(path)
-    model = abstract_model(run_cfg.model)
+    config_dir, params_dir = locate(path)
+    run_cfg = run_cfg or read_config(config_dir)
+    quant = getattr(run_cfg, "quant", None)
+    if quant is not None and quant.enabled:  # a quantized model dir (jaxlm quantize): codes and scales
+        from jaxlm.quant import abstract_quantized
+
+        model = abstract_quantized(model_config or run_cfg.model, quant)
+    else:
+        model = abstract_model(model_config or run_cfg.model)
+    if model_config is None:
+        model = prepare_model(run_cfg, model)  # a LoRA run's checkpoint holds the adapters too
     graphdef, abstract_state = nnx.split(model)
     target = nnx.state(model, nnx.Param).to_pure_dict()
+    check_param_shapes(saved_param_shapes(params_dir), target, str(params_dir))
     with ocp.StandardCheckpointer() as ckptr:
         try:
-            params = ckptr.restore(path / "params", target)
+            params = ckptr.restore(params_dir, target)
         except (ValueError, KeyError) as e:
             raise JaxlmError(f"weights in {path} do not match its config: {str(e).splitlines()[0]}") from None
     abstract_state.replace_by_pure_dict(params)

@@ -14,6 +14,15 @@ from jaxlm.errors import JaxlmError
 
 COMMANDS = [
     "jaxlm.cli.model_info",
+    "jaxlm.cli.quantize",
+    "jaxlm.cli.lora",
+    "jaxlm.cli.generate",
+    "jaxlm.cli.eval",
+    "jaxlm.cli.tokenizer",
+    "jaxlm.cli.data",
+    "jaxlm.cli.train",
+    "jaxlm.cli.plot",
+    "jaxlm.cli.convert",
 ]
 
 

@@ -13,7 +13,9 @@ from jaxlm.config import load_run_config
 
 def register(sub) -> None:
     p = sub.add_parser("model-info", help="per-layer table, parameter count and FLOPs of a model config")
-    add_config_args(p, required=True)
+    add_config_args(p)
+    p.add_argument("--ckpt", default=None, help="a model or run dir instead of CONFIG (a quantized one reports "
+                                                "its real bytes per parameter)")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_context)")
     p.set_defaults(func=run)
 
@@ -24,7 +26,18 @@ def run(args) -> int:
     from jaxlm.model import abstract_model, flops
     from jaxlm.model.transformer import param_count
 
-    cfg = load_run_config(args.config, args.overrides).model
+    if args.ckpt:
+        from jaxlm.checkpoint.locate import locate
+        from jaxlm.checkpoint.model_dir import read_config
+
+        run_cfg = read_config(locate(args.ckpt)[0])
+    elif args.config:
+        run_cfg = load_run_config(args.config, args.overrides)
+    else:
+        from jaxlm.errors import ConfigError
+
+        raise ConfigError("give a CONFIG (e.g. openelm_270m) or --ckpt DIR")
+    cfg = run_cfg.model
     seq_len = args.seq_len or cfg.max_context
     model = abstract_model(cfg)
     total = param_count(model)
@@ -41,4 +54,8 @@ def run(args) -> int:
     print(f"total parameters: {total:,} ({total / 1e6:.2f}M), {nbytes / 2**30:.2f} GiB as {cfg.param_dtype}")
     per_tok = flops.train_flops_per_token(cfg, seq_len)
     print(f"training FLOPs/token at seq {seq_len}: {per_tok:.4g} (6N + 12*L*Hq*hd*T, causal not halved)")
+    if run_cfg.quant.enabled:  # e.g. a `jaxlm quantize` output, or --set quant.bits=4 --set quant.group_size=128
+        from jaxlm.quant.model import describe_storage
+
+        print(describe_storage(run_cfg, args.ckpt))
     return 0

@@ -81,7 +81,7 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. --set model.num_layers=4")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.safe_load(raw) if raw.strip() else ""  # `key=` is the empty string; `key=null` is None
         except yaml.YAMLError:
             value = raw
         node = out

@@ -6,14 +6,24 @@ import dataclasses
 from pathlib import Path
 
 from jaxlm.config.loader import from_dict, load_yaml, merge, parse_overrides
+from jaxlm.data.config import DataConfig
 from jaxlm.errors import ConfigError
 from jaxlm.model.config import ModelConfig
+from jaxlm.training.config import CheckpointConfig, MeshConfig, TrainConfig
+from jaxlm.lora.config import LoraConfig
+from jaxlm.quant.config import QuantConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig
     seed: int = 0
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    mesh: MeshConfig = MeshConfig()
+    quant: QuantConfig = QuantConfig()
+    lora: LoraConfig = LoraConfig()
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,

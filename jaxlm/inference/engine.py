@@ -17,7 +17,6 @@ loop body: the host sees each step's tokens as they are produced and may ask to 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import threading
 import time
@@ -74,10 +73,6 @@ class Engine:
         self.cache_dtype = self.cfg.compute_dtype if cache_dtype == "auto" else cache_dtype
         self.vocab_limit = vocab_limit or self.cfg.vocab_size
         self.graphdef, self.state = nnx.split(model)
-        self._prefill = jax.jit(functools.partial(_prefill, self.graphdef),
-                                static_argnames=("cache_len", "cache_dtype", "greedy"))
-        self._decode = jax.jit(functools.partial(_decode, self.graphdef),
-                               static_argnames=("out_len", "greedy", "stream"), donate_argnames=("carry",))
 
     def check_request(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
         if not prompts:
@@ -121,9 +116,10 @@ class Engine:
         limit = jnp.int32(self.vocab_limit)
 
         t0 = time.perf_counter()
-        first, carry = self._prefill(self.state, jnp.asarray(tokens), jnp.asarray(lengths), jnp.asarray(stops),
-                                     knobs, key, limit, cache_len=cache_len, cache_dtype=self.cache_dtype,
-                                     greedy=sampling.greedy)
+        stops_j = jnp.asarray(stops)
+        first, carry = _prefill_program(self.graphdef, self.state, jnp.asarray(tokens), jnp.asarray(lengths),
+                                        stops_j, knobs, key, limit, cache_len=cache_len,
+                                        cache_dtype=self.cache_dtype, greedy=sampling.greedy)
         first = np.asarray(first)
         ttft = time.perf_counter() - t0
         stopped = on_token is not None and bool(on_token(0, first, np.isin(first, stops)))
@@ -136,9 +132,9 @@ class Engine:
         t1 = time.perf_counter()
         try:
             n_new = 1 if stopped else max_new_tokens
-            out = self._decode(self.state, carry, jnp.asarray(stops), knobs, key, limit, jnp.int32(n_new),
-                               jnp.int32(sink_id), out_len=out_len, greedy=sampling.greedy,
-                               stream=on_token is not None)
+            out = _decode_program(self.graphdef, self.state, carry, stops_j, knobs, key, limit, jnp.int32(n_new),
+                                  jnp.int32(sink_id), out_len=out_len, greedy=sampling.greedy,
+                                  stream=on_token is not None)
             out = np.asarray(out)
         finally:
             _sinks.pop(sink_id, None)
@@ -221,3 +217,8 @@ def _decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sin
 
     _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), carry, out, jnp.bool_(False)))
     return out
+
+
+# Module-level, keyed on the graphdef: engines over models of the same architecture share programs.
+_prefill_program = jax.jit(_prefill, static_argnums=0, static_argnames=("cache_len", "cache_dtype", "greedy"))
+_decode_program = jax.jit(_decode, static_argnums=0, static_argnames=("out_len", "greedy", "stream"))

@@ -1,14 +1,16 @@
 """The KV cache for decoding: one entry per layer group, sized for that group's kv heads.
 
 A group's cache is a dict of arrays with a leading layer axis, scanned together with the
-group's stacked parameters: k, v (L_g, B, S, Hkv, D). Slot s of a row holds the key/value of
+group's stacked parameters: k, v (L_g, B, Hkv, S, D). Slot s of a row holds the key/value of
 the token at position s of that row, so a row's prompt and its generated tokens are written
 contiguously from position 0, and attention masks slots by position (slot <= query position).
+Head-major storage (S next to D) is the layout attention reads, so XLA does not transpose the
+whole cache at every decode step (it did with (B, S, Hkv, D): two full copies per layer and step).
 
 Two storage formats:
   float (bfloat16 / float16 / float32)  k, v stored as they are (cast to the cache dtype)
   int8                                  k, v rounded to int8 with one float32 scale per token
-                                        and kv head: k_scale, v_scale (L_g, B, S, Hkv), so a
+                                        and kv head: k_scale, v_scale (L_g, B, Hkv, S), so a
                                         slot costs D + 4 bytes instead of 2 D (bf16)
 """
 
@@ -27,7 +29,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=jnp.bfloat
     dtype = jnp.dtype(dtype)
     caches = []
     for spec, count in cfg.layer_groups:
-        shape = (count, batch_size, max_len, spec.num_kv_heads, cfg.head_dim)
+        shape = (count, batch_size, spec.num_kv_heads, max_len, cfg.head_dim)
         group = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
         if dtype == jnp.int8:
             group["k_scale"] = jnp.zeros(shape[:-1], jnp.float32)
@@ -60,16 +62,21 @@ def update_layer(cache: LayerCache, k: jax.Array, v: jax.Array, start: jax.Array
 
     Returns the new cache and the full keys and values (B, S, Hkv, D), in k's dtype, to attend over.
     """
-    def write(buf, new, s):  # buf (S, ...), new (T, ...)
-        return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (s,) + (0,) * (buf.ndim - 1))
+    def write(buf, new, s):  # buf (Hkv, S, ...), new (T, Hkv, ...)
+        new = jnp.swapaxes(new, 0, 1).astype(buf.dtype)
+        return jax.lax.dynamic_update_slice(buf, new, (0, s) + (0,) * (buf.ndim - 2))
+
+    def as_bshd(x):  # (B, Hkv, S, D) -> (B, S, Hkv, D)
+        return jnp.swapaxes(x, 1, 2)
 
     if "k_scale" not in cache:
         k_all = jax.vmap(write)(cache["k"], k, start)
         v_all = jax.vmap(write)(cache["v"], v, start)
-        return {"k": k_all, "v": v_all}, k_all.astype(k.dtype), v_all.astype(v.dtype)
+        return {"k": k_all, "v": v_all}, as_bshd(k_all).astype(k.dtype), as_bshd(v_all).astype(v.dtype)
     new = {}
     for name, x in (("k", k), ("v", v)):
         q, scale = quantize(x)
         new[name] = jax.vmap(write)(cache[name], q, start)
         new[name + "_scale"] = jax.vmap(write)(cache[name + "_scale"], scale, start)
-    return (new, dequantize(new["k"], new["k_scale"], k.dtype), dequantize(new["v"], new["v_scale"], v.dtype))
+    return (new, as_bshd(dequantize(new["k"], new["k_scale"], k.dtype)),
+            as_bshd(dequantize(new["v"], new["v_scale"], v.dtype)))

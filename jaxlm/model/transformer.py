@@ -24,6 +24,7 @@ from jaxlm import ops
 from jaxlm.model import kv_cache
 from jaxlm.model.config import LayerSpec, ModelConfig
 from jaxlm.model.rope import apply_rope, rope_tables
+from jaxlm.parallel.rules import constrain
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -113,8 +114,8 @@ class Block(nnx.Module):
         attn_out, cache = self.attn(ops.rms_norm(x, self.attn_norm[...], norm_eps, norm_impl), cos, sin,
                                     segment_ids=segment_ids, positions=positions, cache=cache, norm_eps=norm_eps,
                                     attention_impl=attention_impl, norm_impl=norm_impl)
-        h = x + attn_out
-        return h + self.ffn(ops.rms_norm(h, self.ffn_norm[...], norm_eps, norm_impl)), cache
+        h, normed = ops.rms_norm_residual(attn_out, x, self.ffn_norm[...], norm_eps, norm_impl)  # h = x + attn_out
+        return h + self.ffn(normed), cache
 
 
 class Transformer(nnx.Module):
@@ -166,7 +167,7 @@ def run_group(block: Block, x, cos, sin, cache, remat: str, kwargs):
     def body(h, layer):
         layer_state, layer_cache = layer
         h, layer_cache = nnx.merge(graphdef, layer_state)(h, cos, sin, cache=layer_cache, **kwargs)
-        return h, layer_cache
+        return constrain(h, ("batch", None, None)), layer_cache  # no-op without a training mesh
 
     if remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)

@@ -5,6 +5,6 @@ The model calls `rms_norm`, `attention` and `dense` from here and never a kernel
 """
 
 from jaxlm.ops.dense import dense
-from jaxlm.ops.dispatch import attention, resolve_impl, rms_norm
+from jaxlm.ops.dispatch import attention, resolve_impl, rms_norm, rms_norm_residual
 
-__all__ = ["attention", "dense", "resolve_impl", "rms_norm"]
+__all__ = ["attention", "dense", "resolve_impl", "rms_norm", "rms_norm_residual"]

@@ -10,7 +10,9 @@ all of K, i.e. per output channel).
 
 Codes are stored unsigned (symmetric codes offset by 2^(b-1)) in uint8, packed along K:
 two per byte at 4 bits, four per byte at 2 bits, one per byte at 8 and 3 bits (3-bit is for the
-study only, so it is not bit-packed). Scales are float16; asymmetric zero points are uint8.
+study only, so it is not bit-packed). Scales are float32 at 8 bits (one per output channel, so they
+cost little, and an int8 step of small weights would fall into float16's subnormal range) and float16
+below 8 bits (one per group: float32 would cost 16/g more bits); asymmetric zero points are uint8.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from jaxlm.errors import JaxlmError
 
 SUPPORTED_BITS = (8, 4, 3, 2)
 SUPPORTED_GROUPS = (None, 32, 64, 128, 256)
-SCALE_DTYPE = jnp.float16
+SCALE_DTYPE = jnp.float16  # scales of the 4/3/2-bit schemes
+
+
+def scale_dtype(bits: int):
+    return jnp.float32 if bits == 8 else SCALE_DTYPE
 PER_BYTE = {8: 1, 4: 2, 3: 1, 2: 4}  # codes stored per uint8
 
 
@@ -60,17 +66,17 @@ class Scheme:
 
 
 def group_params(w, scheme: Scheme):
-    """w (..., K, N) float -> (scale (..., K/g, N) float16, zero (..., K/g, N) uint8 or None)."""
+    """w (..., K, N) float -> (scale (..., K/g, N) in scale_dtype(bits), zero (..., K/g, N) uint8 or None)."""
     k = w.shape[-2]
     g = scheme.check_divides(k)
     wg = w.astype(jnp.float32).reshape(w.shape[:-2] + (k // g, g, w.shape[-1]))
     if scheme.symmetric:
         half = 2 ** (scheme.bits - 1) - 1
         scale = jnp.max(jnp.abs(wg), axis=-2) / half
-        return _safe(scale.astype(SCALE_DTYPE)), None
+        return _safe(scale.astype(scale_dtype(scheme.bits))), None
     lo = jnp.minimum(jnp.min(wg, axis=-2), 0.0)  # include 0 so that zero is exactly representable
     hi = jnp.maximum(jnp.max(wg, axis=-2), 0.0)
-    scale = _safe(((hi - lo) / scheme.qmax).astype(SCALE_DTYPE))
+    scale = _safe(((hi - lo) / scheme.qmax).astype(scale_dtype(scheme.bits)))
     zero = jnp.clip(jnp.round(-lo / scale.astype(jnp.float32)), 0, scheme.qmax).astype(jnp.uint8)
     return scale, zero
 
@@ -142,7 +148,11 @@ def dequantize(packed, scale, zero, scheme: Scheme, dtype=jnp.float32):
 def error_bound(scale, scheme: Scheme):
     """Largest |w - dequantize(quantize(w))| per group for round-to-nearest, (..., K/g, N) float32.
 
-    Half a quantization step, plus the effect of rounding the scale to float16 (relative error
-    <= 2^-11, times at most qmax steps) which can push the extreme values half a step further.
+    Half a quantization step, plus the effect of rounding the scale to its storage dtype (relative
+    error <= 2^-11 for float16, absolute <= 2^-25 in its subnormal range; times at most qmax steps),
+    which can push the extreme values of a group a little further.
     """
-    return scale.astype(jnp.float32) * (0.5 + scheme.qmax * 2.0 ** -10) + 1e-7
+    s = scale.astype(jnp.float32)
+    if scale.dtype == jnp.float32:
+        return s * (0.5 + scheme.qmax * 2.0 ** -23) + 1e-7
+    return s * (0.5 + scheme.qmax * 2.0 ** -10) + scheme.qmax * 2.0 ** -25 + 1e-7

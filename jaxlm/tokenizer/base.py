@@ -53,16 +53,14 @@ class Tokenizer(abc.ABC):
 def check_vocab(model_vocab_size: int, tokenizer: Tokenizer, pad_multiple: int = 128) -> None:
     """Raise ConfigError unless the model's vocab fits the tokenizer's.
 
-    Valid: equal sizes, or the model's padded up to at most the next multiple of `pad_multiple`
-    (Phi-3: 32011 tokenizer ids in a 32064-row embedding). A smaller model vocab would index out of
-    range mid-run; a much larger one almost always means the wrong tokenizer.
+    Valid: equal sizes, or a model vocab padded by less than `pad_multiple` rows (Phi-3: 32064
+    embedding rows for the 32000 pieces of its tokenizer.model plus 11 added tokens). A smaller model
+    vocab would index out of range mid-run; a much larger one almost always means the wrong tokenizer.
     """
     tok = tokenizer.vocab_size
-    padded = -(-tok // pad_multiple) * pad_multiple
-    if model_vocab_size == tok or tok < model_vocab_size <= padded:
+    if tok <= model_vocab_size < tok + pad_multiple:
         return
     raise ConfigError(
         f"model vocab_size {model_vocab_size} does not match the tokenizer's {tok} ids ({tokenizer!r}); "
-        f"set model.vocab_size={tok}" + (f" (or up to {padded} to pad to a multiple of {pad_multiple})"
-                                          if padded != tok else "") + " or choose the tokenizer the model was "
-        f"trained with")
+        f"set model.vocab_size={tok} (or pad it by fewer than {pad_multiple} rows) or choose the tokenizer "
+        f"the model was trained with")

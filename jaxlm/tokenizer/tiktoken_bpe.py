@@ -2,7 +2,7 @@
 
 A rank file has one `base64(token_bytes) rank` pair per line (Llama 3 ships it as `tokenizer.model`,
 OpenAI as `*.tiktoken`). It carries neither the pre-split regex nor the special tokens, so those come
-from a sidecar `tokenizer_config.json` written by `save`, or default to Llama 3's: 256 specials
+from a sidecar `jaxlm_tokenizer.json` written by `save`, or default to Llama 3's: 256 specials
 numbered after the base ranks (`<|begin_of_text|>` = 128000 for the real 128000-rank file).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,7 @@ from jaxlm.errors import JaxlmError
 from jaxlm.tokenizer.base import Tokenizer
 
 RANKS_FILE = "tokenizer.model"
-SIDECAR_FILE = "tokenizer_config.json"
+SIDECAR_FILE = "jaxlm_tokenizer.json"  # not tokenizer_config.json: that name is HF's
 
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -28,6 +29,7 @@ LLAMA3_NUM_SPECIAL = 256
 # tiktoken's Rust core can overflow its stack on huge inputs; Llama 3 slices text the same way.
 _MAX_CHARS = 400_000
 _MAX_NON_SPACE_RUN = 25_000
+_LONG_RUN = re.compile(r"\S{%d,}|\s{%d,}" % (_MAX_NON_SPACE_RUN + 1, _MAX_NON_SPACE_RUN + 1))
 
 
 def llama3_special_tokens(num_base: int) -> dict[str, int]:
@@ -128,7 +130,7 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode_batch(self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False,
                      num_threads: int = 1) -> list[list[int]]:
-        if any(len(t) > _MAX_NON_SPACE_RUN for t in texts):
+        if any(len(t) > _MAX_NON_SPACE_RUN for t in texts):  # slice long texts one by one
             return [self.encode(t, add_bos, add_eos) for t in texts]
         out = self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
         head, tail = ([self.bos_id] if add_bos else []), ([self.eos_id] if add_eos else [])
@@ -156,16 +158,14 @@ class TiktokenTokenizer(Tokenizer):
 
 
 def _slices(text: str):
-    """Cut `text` into pieces tiktoken handles safely (Llama 3's limits); the cuts don't change ids
-    except at the rare 25k-char run without a space/non-space switch."""
+    """Cut `text` into pieces tiktoken handles safely (Llama 3's limits: 400k chars per call, runs of
+    over 25k space or non-space chars split); ordinary text passes through in one piece."""
     for i in range(0, len(text), _MAX_CHARS):
         chunk = text[i:i + _MAX_CHARS]
-        start, run, prev_space = 0, 0, None
-        for j, ch in enumerate(chunk):
-            is_space = ch.isspace()
-            run = run + 1 if is_space == prev_space else 1
-            prev_space = is_space
-            if run > _MAX_NON_SPACE_RUN:
-                yield chunk[start:j]
-                start, run = j, 1
-        yield chunk[start:]
+        pos = 0
+        for m in _LONG_RUN.finditer(chunk):
+            yield chunk[pos:m.start()]
+            for k in range(m.start(), m.end(), _MAX_NON_SPACE_RUN):
+                yield chunk[k:min(k + _MAX_NON_SPACE_RUN, m.end())]
+            pos = m.end()
+        yield chunk[pos:]

@@ -1,3 +1,22 @@
+"""Flash attention (forward + backward, causal, GQA, packed segments): GPU (Triton) and TPU (Mosaic).
+
+`flash_attention(q, k, v, causal=..., segment_ids=..., platform="gpu" | "tpu", block_q=...,
+block_k=..., interpret=...)`; `attention_reference` is the XLA reference beside it.
+"""
+
+from kernels_pallas.attention import gpu, tpu
+from kernels_pallas.attention.common import SUPPORTED_HEAD_DIMS
 from kernels_pallas.attention.reference import attention_reference
 
-__all__ = ["attention_reference"]
+_VARIANTS = {"gpu": gpu, "tpu": tpu}
+
+
+def flash_attention(q, k, v, *, platform: str = "gpu", **options):
+    """q (B, T, Hq, D), k/v (B, S, Hkv, D) -> (B, T, Hq, D). options: causal, segment_ids, sm_scale,
+    block_q, block_k, interpret (see kernels_pallas.attention.common.build)."""
+    if platform not in _VARIANTS:
+        raise ValueError(f"flash_attention: unknown Pallas platform {platform!r}; choose 'gpu' or 'tpu'")
+    return _VARIANTS[platform].flash_attention(q, k, v, **options)
+
+
+__all__ = ["SUPPORTED_HEAD_DIMS", "attention_reference", "flash_attention"]

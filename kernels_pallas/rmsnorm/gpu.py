@@ -34,7 +34,7 @@ def _tile(i, block_rows: int, n_rows: int, d: int, dp: int):
     rows = i * block_rows + jnp.arange(block_rows)
     cols = jnp.arange(dp)
     mask = (rows < n_rows)[:, None] & (cols < d)[None, :]
-    return (rows[:, None], cols[None, :]), mask, cols < d
+    return rows, (rows[:, None], cols[None, :]), mask
 
 
 def _forward_kernel(*refs, eps: float, d: int, dp: int, block_rows: int, n_rows: int, residual: bool):
@@ -42,15 +42,16 @@ def _forward_kernel(*refs, eps: float, d: int, dp: int, block_rows: int, n_rows:
         x_ref, r_ref, w_ref, y_ref, h_ref, rstd_ref = refs
     else:
         x_ref, w_ref, y_ref, rstd_ref = refs
-    idx, mask, col_mask = _tile(pl.program_id(0), block_rows, n_rows, d, dp)
+    rows, idx, mask = _tile(pl.program_id(0), block_rows, n_rows, d, dp)
+    cols = jnp.arange(dp)
     x = plgpu.load(x_ref.at[idx], mask=mask, other=0.0)
     if residual:
         x = x + plgpu.load(r_ref.at[idx], mask=mask, other=0.0)
         plgpu.store(h_ref.at[idx], x, mask=mask)
-    w = plgpu.load(w_ref.at[jnp.arange(dp)], mask=col_mask, other=0.0)[None, :]
+    w = plgpu.load(w_ref.at[cols], mask=cols < d, other=0.0)[None, :]
     y, rstd = common.forward_math(x, w, eps, d)
     plgpu.store(y_ref.at[idx], y, mask=mask)
-    plgpu.store(rstd_ref.at[idx[0][:, 0]], rstd[:, 0], mask=idx[0][:, 0] < n_rows)
+    plgpu.store(rstd_ref.at[rows], rstd[:, 0], mask=rows < n_rows)
 
 
 def forward(x2, res2, w, eps: float, opts: common.NormOptions):
@@ -81,8 +82,7 @@ def _backward_kernel(*refs, d: int, dp: int, block_rows: int, n_rows: int, n_pro
     w = plgpu.load(w_ref.at[cols], mask=cols < d, other=0.0)[None, :]
 
     def body(step, dw_acc):
-        idx, mask, _ = _tile(pid + step * n_programs, block_rows, n_rows, d, dp)
-        rows = idx[0][:, 0]
+        rows, idx, mask = _tile(pid + step * n_programs, block_rows, n_rows, d, dp)
         h = plgpu.load(h_ref.at[idx], mask=mask, other=0.0)
         dy = plgpu.load(dy_ref.at[idx], mask=mask, other=0.0)
         rstd = plgpu.load(rstd_ref.at[rows], mask=rows < n_rows, other=0.0)[:, None]
@@ -93,7 +93,7 @@ def _backward_kernel(*refs, d: int, dp: int, block_rows: int, n_rows: int, n_pro
         return dw_acc + jnp.sum(jnp.where(mask, dw, 0.0), axis=0)
 
     n_blocks = pl.cdiv(n_rows, block_rows)
-    steps = (n_blocks - pid + n_programs - 1) // n_programs  # blocks pid, pid + P, pid + 2P, ...
+    steps = jax.lax.div(n_blocks - pid + n_programs - 1, n_programs)  # blocks pid, pid + P, pid + 2P, ...
     dw = jax.lax.fori_loop(0, steps, body, jnp.zeros((dp,), jnp.float32))
     plgpu.store(dw_ref.at[pid, cols], dw, mask=cols < d)
 

@@ -1,0 +1,45 @@
+"""`jaxlm convert to-hf` / `jaxlm convert from-hf`: checkpoints to and from Hugging Face folders."""
+
+from __future__ import annotations
+
+FORMATS = ("llama", "phi3", "openelm")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("convert", help="convert checkpoints to / from Hugging Face (Llama, Phi-3, OpenELM)")
+    conv = p.add_subparsers(dest="direction", required=True, metavar="DIRECTION")
+    to = conv.add_parser("to-hf", help="jaxlm model or run directory -> Hugging Face model folder")
+    to.add_argument("--ckpt", required=True, help="model dir, run dir (latest step) or RUN_DIR/checkpoints/<step>")
+    to.add_argument("--out", required=True, help="output Hugging Face folder")
+    to.add_argument("--format", choices=FORMATS, default=None,
+                    help="layout (default: uniform -> llama, LongRoPE or a phi3 name -> phi3, layerwise -> openelm)")
+    to.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the written weights (default: as saved)")
+    to.add_argument("--max-shard-size", default="5GB", help="split weights into files of at most this size")
+    to.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    to.set_defaults(func=run_to_hf)
+    fr = conv.add_parser("from-hf", help="Hugging Face model folder (safetensors) -> jaxlm model directory")
+    fr.add_argument("--hf", required=True, help="Hugging Face model folder with config.json and *.safetensors")
+    fr.add_argument("--out", required=True, help="output jaxlm model directory")
+    fr.add_argument("--dtype", choices=DTYPES, default=None, help="parameter dtype (default: the checkpoint's)")
+    fr.add_argument("--allow-pickle", action="store_true",
+                    help="also read pickle *.bin weights (with torch.load(weights_only=True))")
+    fr.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    fr.set_defaults(func=run_from_hf)
+
+
+def run_to_hf(args) -> int:
+    from jaxlm.convert import to_hf
+
+    out = to_hf(args.ckpt, args.out, fmt=args.format, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_from_hf(args) -> int:
+    from jaxlm.convert import from_hf
+
+    out = from_hf(args.hf, args.out, dtype=args.dtype, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0

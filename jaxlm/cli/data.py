@@ -1,0 +1,49 @@
+"""`jaxlm data stats CONFIG`: documents, tokens, filter drops and tokens/s of the data pipeline."""
+
+from __future__ import annotations
+
+from jaxlm.cli.common import add_config_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="inspect the data pipeline")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = dsub.add_parser("stats", help="one pass over the sources: documents, tokens, drops, tokens/s")
+    add_config_args(s, required=True)
+    s.add_argument("--split", choices=("train", "validation"), default="train",
+                   help="data.sources (train) or data.validation")
+    s.add_argument("--seq-len", type=int, default=None, help="row length (default: model.max_context)")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-batches", type=int, default=None, help="stop early after this many batches")
+    s.set_defaults(func=run_stats)
+
+
+def run_stats(args) -> int:
+    from jaxlm.config import load_run_config
+    from jaxlm.data.stats import pass_stats
+    from jaxlm.tokenizer import check_vocab, load_tokenizer
+
+    cfg = load_run_config(args.config, args.overrides)
+    data = cfg.data
+    tok = load_tokenizer(data.tokenizer, data.tokenizer_kind)
+    check_vocab(cfg.model.vocab_size, tok)
+    seq_len = args.seq_len or cfg.model.max_context
+    srcs = data.sources if args.split == "train" else data.validation
+    st = pass_stats(data, tok, srcs, seq_len=seq_len, batch_size=args.batch_size, max_batches=args.max_batches)
+    print(f"tokenizer: {data.tokenizer} ({tok.kind}, {tok.vocab_size} ids; model vocab {cfg.model.vocab_size})")
+    print(f"{args.split} sources: {', '.join(f'{s.label} ({s.path})' for s in srcs)}; mode {data.mode}, "
+          f"seq_len {seq_len}, filters {data.filters.preset} {data.filters.resolved()}")
+    if len(srcs) > 1:
+        for label, c in st["per_source"].items():
+            print(f"  {label}: {c.get('documents', 0):,} documents, {c.get('tokens', 0):,} tokens")
+    print(f"documents kept: {st.get('documents', 0):,}")
+    print(f"tokens kept (with bos/eos): {st.get('tokens', 0):,}")
+    drops = {k: v for k, v in sorted(st.items()) if k.startswith("dropped_") or k in (
+        "empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field", "truncated_tokens")}
+    print("dropped / skipped: " + (", ".join(f"{k} {v:,}" for k, v in drops.items()) or "none"))
+    pad = 1 - st["input_tokens"] / max(st["positions"], 1)
+    print(f"batches {st['batches']:,} of {args.batch_size}x{seq_len}: {st['input_tokens']:,} input tokens, "
+          f"{pad:.1%} padding, {st['loss_tokens']:,} loss tokens")
+    print(f"pipeline throughput: {st['tokens_per_s']:,.0f} tokens/s ({st['seconds']:.2f} s, read + filter + "
+          f"tokenize + pack)")
+    return 0

@@ -1,0 +1,61 @@
+"""`jaxlm lora merge|export`: fold trained adapters into the base, or write them in the PEFT format."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("lora", help="merge LoRA adapters into the base, or export them for PEFT")
+    lsub = p.add_subparsers(dest="lora_command", required=True, metavar="ACTION")
+    m = lsub.add_parser("merge", help="write a model dir with W + (alpha/r) A B folded into the weights")
+    m.add_argument("--ckpt", required=True, help="run dir or model dir of a LoRA run")
+    m.add_argument("--out", required=True, help="output model dir (a plain model: no adapters, not quantized)")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=run_merge)
+    e = lsub.add_parser("export", help="write adapter_config.json + adapter_model.safetensors (PEFT)")
+    e.add_argument("--ckpt", required=True, help="run dir or model dir of a LoRA run")
+    e.add_argument("--out", required=True, help="output folder for the PEFT adapter")
+    e.add_argument("--base-model", default="", help="base_model_name_or_path to record (e.g. the to-hf folder)")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=run_export)
+
+
+def _load_lora(path):
+    from jaxlm.checkpoint import load_model
+    from jaxlm.errors import JaxlmError
+    from jaxlm.lora.adapters import has_lora
+
+    run_cfg, model = load_model(path)
+    if not has_lora(model):
+        raise JaxlmError(f"{path} has no LoRA adapters (its config has no enabled `lora:` section)")
+    return run_cfg, model
+
+
+def run_merge(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from jaxlm.checkpoint import save_model
+    from jaxlm.checkpoint.locate import locate
+    from jaxlm.lora.adapters import merge_lora
+    from jaxlm.lora.config import LoraConfig
+    from jaxlm.quant.checkpoint import tokenizer_files
+    from jaxlm.quant.config import QuantConfig
+    from jaxlm.quant.model import dequantize_model
+
+    run_cfg, model = _load_lora(args.ckpt)
+    merge_lora(model)
+    dequantize_model(model)  # a merged quantized base becomes a plain float model
+    new_cfg = dataclasses.replace(run_cfg, lora=LoraConfig(), quant=QuantConfig())
+    out = save_model(args.out, new_cfg, model, extra_files=tokenizer_files(locate(args.ckpt)[0]),
+                     overwrite=args.overwrite)
+    print(f"wrote merged model {Path(out)}")
+    return 0
+
+
+def run_export(args) -> int:
+    from jaxlm.lora.peft import export_peft
+
+    run_cfg, model = _load_lora(args.ckpt)
+    out = export_peft(model, run_cfg.lora, args.out, base_model=args.base_model, overwrite=args.overwrite)
+    print(f"wrote PEFT adapter {out}")
+    return 0

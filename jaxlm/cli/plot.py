@@ -1,0 +1,72 @@
+"""`jaxlm plot RUN_DIR`: loss and throughput curves from RUN_DIR/metrics.jsonl, as PNG files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jaxlm.errors import JaxlmError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plot", help="draw loss and throughput curves of a training run as PNG")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="directory written by `jaxlm train`")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/plots)")
+    p.set_defaults(func=run)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Records of metrics.jsonl; on a resumed run the latest record of each step wins."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise JaxlmError(f"{path} not found; give a run directory written by `jaxlm train`")
+    by_step = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise JaxlmError(f"{path} line {n} is not JSON; fix or remove that line") from None
+            by_step[rec["step"]] = rec
+    if not by_step:
+        raise JaxlmError(f"{path} holds no records yet; train for at least train.log_every steps")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(Path(run_dir))
+    out = Path(out) if out else Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [r["step"] for r in records]
+    written = []
+    panels = [("loss.png", [("loss", "loss")], "loss (nats/token)"),
+              ("throughput.png", [("tokens_per_s", "tokens/s")], "tokens/s")]
+    for name, series, ylabel in panels:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label in series:
+            ax.plot(steps, [r.get(key) if r.get(key) is not None else float("nan") for r in records], label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if name == "throughput.png" and any(r.get("mfu") is not None for r in records):
+            ax2 = ax.twinx()
+            ax2.plot(steps, [100 * (r.get("mfu") or float("nan")) for r in records], color="tab:orange")
+            ax2.set_ylabel("MFU (%)")
+        fig.tight_layout()
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        tmp.replace(out / name)
+        written.append(out / name)
+    return written
+
+
+def run(args) -> int:
+    for path in plot(args.run_dir, args.out):
+        print(path)
+    return 0

@@ -1,0 +1,26 @@
+"""`jaxlm tokenizer train FILES... --vocab-size N --output DIR`: a sentencepiece BPE with byte fallback."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train tokenizers")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("train", help="train a sentencepiece BPE model (byte fallback, LLaMA-2 settings)")
+    t.add_argument("inputs", nargs="+", metavar="PATH",
+                   help="text files or folders of *.txt (bundled:corpus/train is the shipped corpus)")
+    t.add_argument("--vocab-size", type=int, required=True, help="number of pieces, specials and bytes included")
+    t.add_argument("--output", required=True, help="directory to write tokenizer.model into")
+    t.add_argument("--character-coverage", type=float, default=0.99995,
+                   help="fraction of characters given their own piece; the rest use byte fallback")
+    t.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from jaxlm.tokenizer.train import text_files, train_sentencepiece
+
+    files = text_files(args.inputs)
+    tok = train_sentencepiece(files, args.output, args.vocab_size, character_coverage=args.character_coverage)
+    print(f"trained on {len(files)} files: {tok.vocab_size} pieces (bos {tok.bos_id}, eos {tok.eos_id}, "
+          f"pad {tok.pad_id}) -> {args.output}/tokenizer.model")
+    return 0

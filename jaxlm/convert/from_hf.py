@@ -1,0 +1,103 @@
+"""`from_hf`: a Hugging Face model folder (Llama, Phi-3, OpenELM) -> a jaxlm model directory."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from jaxlm.convert import hf_io, outputs
+from jaxlm.convert.family import Family, family_for_hf
+from jaxlm.convert.jaxlm_io import ParamBuffers
+from jaxlm.convert.plan import make_plan, param_shapes
+from jaxlm.convert.to_hf import DTYPES
+from jaxlm.errors import JaxlmError
+
+
+def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, allow_pickle: bool = False,
+            overwrite: bool = False) -> Path:
+    """Write a model dir loadable by `jaxlm.checkpoint.load_model`. dtype: of the jaxlm params and
+    compute (default: the checkpoint's). Only safetensors are read unless `allow_pickle`."""
+    from flax import nnx
+
+    from jaxlm.checkpoint import save_model
+    from jaxlm.config import RunConfig, from_dict
+    from jaxlm.model import abstract_model
+
+    hf_dir = Path(hf_dir)
+    hf_config = hf_io.read_config(hf_dir)
+    family = family_for_hf(hf_config)
+    section = family.config_from_hf(hf_config)
+    out = outputs.check_output(Path(out), overwrite)
+    reader = hf_io.HFReader(hf_dir, allow_pickle=allow_pickle)
+    if dtype is not None and dtype not in DTYPES:
+        raise JaxlmError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    first = family.top[0].hf[0]
+    saved = reader.dtype(first) if first in reader.keys() else np.dtype(np.float32)
+    dtype = dtype or {v: k for k, v in DTYPES.items()}.get(saved, "float32")
+    # The family leads the name, so that `to_hf` picks the same layout again (e.g. phi3_Phi-3-mini-4k).
+    section.update(name=f"{family.model_type}_{hf_dir.absolute().name}", param_dtype=dtype, compute_dtype=dtype)
+    run_cfg = from_dict(RunConfig, {"model": section})
+    cfg = run_cfg.model
+    plan = make_plan(family, cfg)
+    _check_tensors(reader, plan, family, cfg.tie_embeddings)
+    buffers = ParamBuffers(outputs.temp_sibling(out, "scratch"), param_shapes(cfg), DTYPES[dtype])
+    try:
+        for it in plan:
+            arrays = tuple(reader.get(n) for n in it.hf_names)
+            buffers.put(it.jax_path, it.layer, it.rule.transform.from_hf(arrays, it.jax_shape).astype(DTYPES[dtype]))
+        model = abstract_model(cfg)
+        graphdef, state = nnx.split(model)
+        state.replace_by_pure_dict(buffers.pure_dict())
+        with tempfile.TemporaryDirectory() as tok_dir:
+            save_model(out, run_cfg, nnx.merge(graphdef, state), _tokenizer_files(hf_dir, Path(tok_dir)),
+                       overwrite=True)
+    finally:
+        buffers.close()
+    return out
+
+
+def _check_tensors(reader: hf_io.HFReader, plan, family: Family, tied: bool) -> None:
+    """Missing / extra tensors and shape mismatches, each named."""
+    want = {n: s for it in plan for n, s in zip(it.hf_names, it.hf_shapes)}
+    have = [k for k in reader.keys() if not k.endswith(family.ignored_suffixes)]
+    extra = sorted(set(have) - set(want))
+    if tied and extra == ["lm_head.weight"]:  # some tied checkpoints still store the head
+        embed = family.top[0].hf[0]
+        if np.array_equal(reader.get("lm_head.weight"), reader.get(embed)):
+            extra = []
+        else:
+            raise JaxlmError("config.json ties the embeddings but lm_head.weight differs from "
+                             f"{embed}; set tie_word_embeddings false in config.json")
+    missing = sorted(set(want) - set(have), key=_natural)
+    if missing:
+        raise JaxlmError(f"{len(missing)} tensor(s) the config implies are missing from the checkpoint: "
+                         f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    if extra:
+        raise JaxlmError(f"{len(extra)} unexpected tensor(s) in the checkpoint (not in the {family.model_type} "
+                         f"layout for this config): {', '.join(sorted(extra, key=_natural)[:6])}"
+                         f"{' ...' if len(extra) > 6 else ''}")
+    for name, shape in want.items():
+        got = reader.shape(name)
+        if got != tuple(shape):
+            raise JaxlmError(f"shape mismatch for {name}: checkpoint has {list(got)}, config.json implies "
+                             f"{list(shape)}")
+
+
+def _natural(name: str):
+    return [int(p) if p.isdigit() else p for p in name.split(".")]
+
+
+def _tokenizer_files(hf_dir: Path, tmp: Path) -> list[Path]:
+    """tokenizer.model (sentencepiece) or original/tokenizer.model (Llama 3 tiktoken), re-saved by
+    jaxlm's tokenizer so the model dir reads back with `load_tokenizer`. Only tokenizer.json: none."""
+    from jaxlm.tokenizer import load_tokenizer
+
+    for candidate in (hf_dir / "tokenizer.model", hf_dir / "original" / "tokenizer.model"):
+        if candidate.is_file():
+            try:
+                return load_tokenizer(candidate).save(tmp)
+            except JaxlmError:
+                continue
+    return []

@@ -1,0 +1,60 @@
+"""Llama 3 / 3.1 <-> `LlamaForCausalLM` (model_type "llama"): the key map and config mapping."""
+
+from __future__ import annotations
+
+from jaxlm.convert.family import Family
+from jaxlm.convert.hf_config import token_id, require, require_uniform, rope_from_hf, rope_scaling_to_hf
+from jaxlm.convert.layout import IDENTITY, OUT_PROJ, TRANSPOSE, QKV, GateUp, Rule
+from jaxlm.model.config import ModelConfig
+
+TOP = (
+    Rule(("embed",), ("model.embed_tokens.weight",), IDENTITY),
+    Rule(("final_norm",), ("model.norm.weight",), IDENTITY),
+    Rule(("lm_head",), ("lm_head.weight",), TRANSPOSE),
+)
+LAYER = (
+    Rule(("attn_norm",), ("input_layernorm.weight",), IDENTITY),
+    Rule(("attn", "qkv"), ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+         QKV(fused=False)),
+    Rule(("attn", "out"), ("self_attn.o_proj.weight",), OUT_PROJ),
+    Rule(("ffn_norm",), ("post_attention_layernorm.weight",), IDENTITY),
+    Rule(("ffn", "w_in"), ("mlp.gate_proj.weight", "mlp.up_proj.weight"), GateUp(fused=False)),
+    Rule(("ffn", "w_out"), ("mlp.down_proj.weight",), TRANSPOSE),
+)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    require_uniform(cfg, "Llama")
+    require(cfg.rope_scaling.type in ("none", "linear", "llama3"),
+            f"the Llama layout has no {cfg.rope_scaling.type} RoPE scaling; use --format phi3")
+    spec = cfg.layer_specs[0]
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.model_dim, "intermediate_size": spec.ffn_dim,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": spec.num_query_heads,
+        "num_key_value_heads": spec.num_kv_heads, "head_dim": cfg.head_dim, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_context, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta, "rope_scaling": rope_scaling_to_hf(cfg),
+        "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "initializer_range": 0.02,
+        "use_cache": True,
+    }
+
+
+def config_from_hf(hf: dict) -> dict:
+    require(not hf.get("attention_bias") and not hf.get("mlp_bias"), "Llama checkpoints with biases are not supported")
+    require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
+    theta, scaling = rope_from_hf(hf)
+    heads = hf["num_attention_heads"]
+    return {
+        "name": "llama", "vocab_size": hf["vocab_size"], "model_dim": hf["hidden_size"],
+        "num_layers": hf["num_hidden_layers"], "head_dim": hf.get("head_dim") or hf["hidden_size"] // heads,
+        "num_query_heads": heads, "num_kv_heads": hf.get("num_key_value_heads") or heads,
+        "ffn_dim": hf["intermediate_size"], "qk_norm": False,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)), "norm_eps": hf.get("rms_norm_eps", 1e-6),
+        "rope_theta": theta, "rope_scaling": scaling, "max_context": hf.get("max_position_embeddings", 2048),
+        "bos_token_id": token_id(hf, "bos_token_id", 1), "eos_token_id": token_id(hf, "eos_token_id", 2),
+    }
+
+
+FAMILY = Family("llama", TOP, "model.layers.{i}.", LAYER, config_to_hf, config_from_hf)

@@ -1,0 +1,60 @@
+"""Phi-3 <-> `Phi3ForCausalLM` (model_type "phi3"): fused qkv_proj and gate_up_proj, LongRoPE factors."""
+
+from __future__ import annotations
+
+from jaxlm.convert import llama
+from jaxlm.convert.family import Family
+from jaxlm.convert.hf_config import token_id, require, require_uniform, rope_from_hf, rope_scaling_to_hf
+from jaxlm.convert.layout import IDENTITY, OUT_PROJ, TRANSPOSE, QKV, GateUp, Rule
+from jaxlm.model.config import ModelConfig
+
+TOP = llama.TOP  # same names: model.embed_tokens, model.norm, lm_head
+LAYER = (
+    Rule(("attn_norm",), ("input_layernorm.weight",), IDENTITY),
+    Rule(("attn", "qkv"), ("self_attn.qkv_proj.weight",), QKV(fused=True)),  # rows q | k | v
+    Rule(("attn", "out"), ("self_attn.o_proj.weight",), OUT_PROJ),
+    Rule(("ffn_norm",), ("post_attention_layernorm.weight",), IDENTITY),
+    Rule(("ffn", "w_in"), ("mlp.gate_up_proj.weight",), GateUp(fused=True)),  # gate rows first
+    Rule(("ffn", "w_out"), ("mlp.down_proj.weight",), TRANSPOSE),
+)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    require_uniform(cfg, "Phi-3")
+    spec = cfg.layer_specs[0]
+    require(spec.num_query_heads * cfg.head_dim == cfg.model_dim,
+            f"Phi-3 derives head_dim as model_dim / heads; {cfg.model_dim} / {spec.num_query_heads} != "
+            f"{cfg.head_dim}; use --format llama")
+    require(cfg.rope_scaling.type in ("none", "longrope"),
+            f"the Phi-3 layout has no {cfg.rope_scaling.type} RoPE scaling; use --format llama")
+    longrope = cfg.rope_scaling.type == "longrope"
+    return {
+        "architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.model_dim, "intermediate_size": spec.ffn_dim,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": spec.num_query_heads,
+        "num_key_value_heads": spec.num_kv_heads, "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_context,
+        "original_max_position_embeddings": cfg.rope_scaling.original_max_position if longrope else cfg.max_context,
+        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": rope_scaling_to_hf(cfg),
+        "tie_word_embeddings": cfg.tie_embeddings, "sliding_window": None,
+        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": None,
+        "initializer_range": 0.02, "use_cache": True,
+    }
+
+
+def config_from_hf(hf: dict) -> dict:
+    require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
+    theta, scaling = rope_from_hf(hf)
+    heads = hf["num_attention_heads"]
+    return {
+        "name": "phi3", "vocab_size": hf["vocab_size"], "model_dim": hf["hidden_size"],
+        "num_layers": hf["num_hidden_layers"], "head_dim": hf["hidden_size"] // heads,
+        "num_query_heads": heads, "num_kv_heads": hf.get("num_key_value_heads") or heads,
+        "ffn_dim": hf["intermediate_size"], "qk_norm": False,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)), "norm_eps": hf.get("rms_norm_eps", 1e-5),
+        "rope_theta": theta, "rope_scaling": scaling, "max_context": hf.get("max_position_embeddings", 4096),
+        "bos_token_id": token_id(hf, "bos_token_id", 1), "eos_token_id": token_id(hf, "eos_token_id", 32000),
+    }
+
+
+FAMILY = Family("phi3", TOP, "model.layers.{i}.", LAYER, config_to_hf, config_from_hf)

@@ -1,0 +1,102 @@
+"""`to_hf`: a jaxlm model or run directory -> a Hugging Face model folder, one tensor at a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from itertools import groupby
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from jaxlm.convert import hf_io, outputs
+from jaxlm.convert.family import family_for_model
+from jaxlm.convert.jaxlm_io import ParamReader
+from jaxlm.convert.plan import make_plan
+from jaxlm.errors import JaxlmError
+
+DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
+
+
+def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: str | None = None,
+          max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
+    """Write config.json, generation_config.json, safetensors weights and tokenizer files to `out`.
+
+    src: a model dir, a run dir (latest step) or RUN_DIR/checkpoints/<step>. fmt: llama | phi3 |
+    openelm (default: uniform -> llama, LongRoPE -> phi3, otherwise openelm). dtype: of the written
+    weights (default: as saved). Peak memory is about one saved array plus its converted copy.
+    """
+    from jaxlm.checkpoint.locate import locate
+    from jaxlm.checkpoint.model_dir import read_config
+
+    config_dir, params_dir = locate(src)
+    cfg = read_config(config_dir).model
+    family = family_for_model(cfg, fmt)
+    hf_config = family.config_to_hf(cfg)
+    out = outputs.check_output(Path(out), overwrite)
+    plan = make_plan(family, cfg)
+    reader = ParamReader(params_dir)
+    _check_saved(reader, plan, params_dir)
+    saved = {reader.shapes[it.jax_path][1] for it in plan}
+    if dtype is not None and dtype not in DTYPES:
+        raise JaxlmError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    out_dtype = DTYPES[dtype] if dtype else saved.pop() if len(saved) == 1 else np.dtype(np.float32)
+    tmp = outputs.temp_sibling(out, "tmp")
+    tmp.mkdir(parents=True)
+    writer = None
+    try:
+        entries = [(n, s, out_dtype) for it in plan for n, s in zip(it.hf_names, it.hf_shapes)]
+        writer = hf_io.ShardedWriter(tmp, entries, hf_io.parse_size(max_shard_size))
+        by_leaf = sorted(plan, key=lambda it: it.jax_path)
+        for path, items in groupby(by_leaf, key=lambda it: it.jax_path):
+            stacked = reader.read(path)  # the one array in memory (a group's layers stacked)
+            for it in items:
+                x = stacked if it.layer is None else stacked[it.layer]
+                for name, t in zip(it.hf_names, it.rule.transform.to_hf(x)):
+                    writer.write(name, t.astype(out_dtype, copy=False))
+            del stacked
+        writer.close()
+        hf_config["torch_dtype"] = hf_config["dtype"] = {v: k for k, v in DTYPES.items()}[out_dtype]
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}, indent=2))
+        _write_tokenizer(config_dir, tmp)
+        outputs.publish(tmp, out)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_saved(reader: ParamReader, plan, params_dir: Path) -> None:
+    """The checkpoint must hold exactly the leaves (and shapes) the config implies."""
+    want = {}
+    for it in plan:
+        want.setdefault(it.jax_path, (it.layer is not None, it.jax_shape))
+    have = set(reader.shapes)
+    extra = sorted(".".join(p) for p in have - set(want))
+    missing = sorted(".".join(p) for p in set(want) - have)
+    if extra:
+        raise JaxlmError(f"{params_dir} holds parameters the HF layout has no place for: {', '.join(extra[:8])} "
+                         f"(LoRA adapters? fold them in first with `jaxlm lora merge`)")
+    if missing:
+        raise JaxlmError(f"{params_dir} lacks parameters its config implies: {', '.join(missing[:8])}")
+    for path, (stacked, shape) in want.items():
+        got = reader.shapes[path][0][1:] if stacked else reader.shapes[path][0]
+        if got != shape:
+            raise JaxlmError(f"{'.'.join(path)}: saved shape {got} but the config implies {shape}")
+
+
+def _write_tokenizer(config_dir: Path, out: Path) -> None:
+    """The run's tokenizer: sentencepiece tokenizer.model at the top (as Llama/OpenELM/Phi-3 repos
+    ship it); a tiktoken rank file under original/, as Meta's Llama 3 repos ship theirs."""
+    from jaxlm.tokenizer import load_tokenizer
+
+    try:
+        tok = load_tokenizer(config_dir)
+    except JaxlmError:
+        return
+    tok.save(out if tok.kind == "sentencepiece" else out / "original")

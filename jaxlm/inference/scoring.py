@@ -1,0 +1,83 @@
+"""Log-probabilities of given tokens, and perplexity of a long token stream.
+
+One compiled forward pass per fixed-shape batch (no cache): windows are padded to the same
+width and masked, so a whole file goes through a handful of identical calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.errors import JaxlmError
+
+
+class Scorer:
+    """Teacher-forced log-probabilities under a model."""
+
+    def __init__(self, model: nnx.Module):
+        self.cfg = model.cfg
+        graphdef, self.state = nnx.split(model)
+        self._logprobs = jax.jit(functools.partial(_target_logprobs, graphdef))
+
+    def token_logprobs(self, tokens: list[int]) -> np.ndarray:
+        """log p(tokens[i] | tokens[:i]) for i = 1 .. n-1: (n - 1,) float32. Needs n >= 2."""
+        if len(tokens) < 2:
+            raise JaxlmError("scoring needs at least 2 tokens (the first one is only context); give longer text "
+                             "or keep the BOS token")
+        if len(tokens) > self.cfg.max_context:
+            raise JaxlmError(f"text has {len(tokens)} tokens, over the model's context of {self.cfg.max_context}; "
+                             f"use perplexity() for long text, which scores it in windows")
+        width = min(_round_up(len(tokens), 32), self.cfg.max_context)
+        ids = np.zeros((1, width), np.int32)
+        ids[0, :len(tokens)] = tokens
+        mask = np.zeros((1, width - 1), np.float32)
+        mask[0, :len(tokens) - 1] = 1
+        out = self._logprobs(self.state, jnp.asarray(ids), jnp.asarray(mask))
+        return np.asarray(out)[0, :len(tokens) - 1]
+
+    def perplexity(self, tokens: list[int], seq_len: int | None = None, batch_size: int = 8
+                   ) -> tuple[float, int]:
+        """exp(mean negative log-likelihood) over a token stream -> (perplexity, tokens scored).
+
+        The stream is cut into non-overlapping windows of seq_len + 1 tokens (each window predicts its
+        last seq_len tokens from the ones before, within the window), as training sees text.
+        """
+        seq_len = seq_len or self.cfg.max_context - 1
+        if not 1 <= seq_len < self.cfg.max_context:
+            raise JaxlmError(f"seq_len must be in [1, {self.cfg.max_context - 1}] (the model's context - 1), "
+                             f"got {seq_len}")
+        if len(tokens) < 2:
+            raise JaxlmError("perplexity needs at least 2 tokens of text; give a longer file")
+        windows = [tokens[i:i + seq_len + 1] for i in range(0, len(tokens) - 1, seq_len)]
+        windows = [w for w in windows if len(w) >= 2]
+        total, count = 0.0, 0
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            ids = np.zeros((batch_size, seq_len + 1), np.int32)
+            mask = np.zeros((batch_size, seq_len), np.float32)
+            for i, w in enumerate(chunk):
+                ids[i, :len(w)] = w
+                mask[i, :len(w) - 1] = 1
+            lp = np.asarray(self._logprobs(self.state, jnp.asarray(ids), jnp.asarray(mask)))
+            total -= float(lp.sum(dtype=np.float64))
+            count += int(mask.sum())
+        return math.exp(total / count), count
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _target_logprobs(graphdef, state, ids, mask):
+    """ids (B, T+1), mask (B, T) -> (B, T) log p(ids[:, 1:] | prefix), zero where mask is 0."""
+    model = nnx.merge(graphdef, state)
+    logits = model(ids[:, :-1])  # (B, T, V) float32
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    return picked * mask

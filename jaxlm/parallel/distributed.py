@@ -1,0 +1,51 @@
+"""Multi-host start-up and small cross-process helpers.
+
+`maybe_initialize()` calls jax.distributed.initialize when the environment says the job spans
+several processes:
+  - JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES, JAX_PROCESS_ID: explicit (GPU clusters,
+    local multi-process tests);
+  - JAXLM_DISTRIBUTED=auto: let JAX detect the cluster (TPU pod slices, SLURM, Open MPI).
+On CPU the gloo collectives are selected so processes can all-reduce.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+_initialized = False
+
+
+def maybe_initialize() -> bool:
+    """Initialise jax.distributed if the environment asks for it; True when the job is multi-process."""
+    global _initialized
+    if _initialized:
+        return True
+    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if addr:
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(addr, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+        _initialized = True
+    elif os.environ.get("JAXLM_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()
+        _initialized = True
+    return _initialized
+
+
+def allgather_json(obj) -> list:
+    """Every process's JSON-serialisable `obj`, in process order (e.g. each one's data-iterator state)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[:raw.size] = raw
+    rows = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(r[:int(n)]).decode()) for r, n in zip(np.asarray(rows), np.asarray(lengths).reshape(-1))]

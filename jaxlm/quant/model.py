@@ -1,0 +1,156 @@
+"""Quantize a Transformer's weights in place, and account for the bytes they take.
+
+The linear layers of every block (attn.qkv, attn.out, ffn.w_in, ffn.w_out) get the configured
+scheme; the embedding table and an untied output head stay as they are unless
+`embed_bits: 8` (int8, one scale per vocabulary row). Stacked layers keep their leading
+layer axis: scales are per layer, per output channel and per group along the input dim.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm.errors import JaxlmError
+from jaxlm.quant.config import QuantConfig
+from jaxlm.quant.formats import Scheme
+from jaxlm.quant.qweight import QuantizedWeight
+
+# weight attribute path in a Block -> (number of input dims, number of output dims), after the layer axis
+BLOCK_WEIGHTS = {
+    ("attn", "qkv"): (1, 3),  # (D, Hkv, G + 2, hd)
+    ("attn", "out"): (3, 1),  # (Hkv, G, hd, D)
+    ("ffn", "w_in"): (1, 2),  # (D, 2, F)
+    ("ffn", "w_out"): (1, 1),  # (F, D)
+}
+
+
+def block_weights(model) -> Iterator[tuple[int, str, nnx.Module, str, tuple[int, int]]]:
+    """(group index, "attn.qkv", parent module, attribute, (n_in, n_out)) for every linear weight."""
+    for gi, block in enumerate(model.groups):
+        for (sub, attr), dims in BLOCK_WEIGHTS.items():
+            yield gi, f"{sub}.{attr}", getattr(block, sub), attr, dims
+
+
+def linear_scheme(qcfg: QuantConfig) -> Scheme:
+    return Scheme(qcfg.bits, qcfg.group_size, qcfg.symmetric)
+
+
+def quantize_model(model, qcfg: QuantConfig,
+                   quantize_fn: Callable[[int, str, jax.Array, Scheme, tuple[int, int]], QuantizedWeight] | None = None):
+    """Replace the model's weights by QuantizedWeight modules (in place) and return the model.
+
+    quantize_fn(group, name, w, scheme, dims) overrides round-to-nearest for the block weights
+    (GPTQ plugs in here).
+    """
+    if any(isinstance(getattr(p, a), QuantizedWeight) for _, _, p, a, _ in block_weights(model)) or \
+            isinstance(model.embed, QuantizedWeight):
+        raise JaxlmError("the model is already quantized; quantize the original (16/32-bit) checkpoint instead")
+    check_scheme(model, qcfg)  # before changing anything, so a bad group size leaves the model intact
+    if qcfg.bits < 16:
+        scheme = linear_scheme(qcfg)
+        for gi, name, parent, attr, dims in block_weights(model):
+            w = getattr(parent, attr)
+            if not isinstance(w, nnx.Param):
+                raise JaxlmError(f"cannot quantize {name}: it is a {type(w).__name__} (merge LoRA adapters first "
+                                 f"with `jaxlm lora merge`)")
+            if quantize_fn is None:
+                qw = QuantizedWeight.from_array(w.get_value(), scheme, *dims, name=f"group {gi} {name}")
+            else:
+                qw = quantize_fn(gi, name, w.get_value(), scheme, dims)
+            setattr(parent, attr, qw)
+    if qcfg.embed_bits == 8:
+        per_row = Scheme(8, None, True)
+        model.embed = QuantizedWeight.from_array(model.embed.get_value(), per_row, 1, 1, transposed=True, name="embed")
+        if model.lm_head is not None:
+            model.lm_head = QuantizedWeight.from_array(model.lm_head.get_value(), per_row, 1, 1, name="lm_head")
+    return model
+
+
+WEIGHT_AXES = {  # logical axes of each weight after the layer axis, as in jaxlm.model.transformer
+    "attn.qkv": ("embed", "kv_heads", None, "head_dim"), "attn.out": ("kv_heads", None, "head_dim", "embed"),
+    "ffn.w_in": ("embed", None, "mlp"), "ffn.w_out": ("mlp", "embed"),
+}
+
+
+def dequantize_model(model):
+    """Replace every QuantizedWeight by a plain nnx.Param of its dequantized values (in place)."""
+    for _, name, parent, attr, _ in block_weights(model):
+        w = getattr(parent, attr)
+        if isinstance(w, QuantizedWeight):
+            setattr(parent, attr, nnx.Param(w.dequantize(), axes=("layers",) * len(w.lead_shape) + WEIGHT_AXES[name]))
+    if isinstance(model.embed, QuantizedWeight):
+        model.embed = nnx.Param(model.embed.dequantize(), axes=("vocab", "embed"))
+    if isinstance(model.lm_head, QuantizedWeight):
+        model.lm_head = nnx.Param(model.lm_head.dequantize(), axes=("embed", "vocab"))
+    return model
+
+
+def check_scheme(model, qcfg: QuantConfig) -> None:
+    """Raise a JaxlmError naming the first weight whose input dim the group size does not divide."""
+    if qcfg.bits < 16:
+        scheme = linear_scheme(qcfg)
+        for gi, name, parent, attr, (n_in, n_out) in block_weights(model):
+            w = getattr(parent, attr)
+            if not isinstance(w, (nnx.Param, QuantizedWeight)):
+                raise JaxlmError(f"cannot quantize {name}: it is a {type(w).__name__} (merge LoRA adapters first "
+                                 f"with `jaxlm lora merge`)")
+            shape = w.shape
+            scheme.check_divides(math.prod(shape[len(shape) - n_in - n_out:len(shape) - n_out]), f"group {gi} {name}")
+
+
+def abstract_quantized(model_cfg, qcfg: QuantConfig):
+    """The quantized model's structure with ShapeDtypeStruct leaves (to restore a checkpoint into)."""
+    from jaxlm.model import abstract_model
+
+    return quantize_model(abstract_model(model_cfg), qcfg)  # QuantizedWeight.from_array: shapes by arithmetic
+
+
+def storage_report(model) -> dict:
+    """Bytes actually stored, split into quantized weights and the rest.
+
+    Returns dict(quantized_weights, quantized_bytes, other_weights, other_bytes, total_bytes,
+    bits_per_quantized_weight, bytes_per_param). Works on abstract models (eval_shape).
+    """
+    qweights = [node for _, node in nnx.iter_graph(model) if isinstance(node, QuantizedWeight)]
+    q_n = sum(q.num_weights() for q in qweights)
+    q_bytes = sum(q.stored_bytes() for q in qweights)
+    all_leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    all_bytes = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in all_leaves)
+    all_n_stored = sum(math.prod(x.shape) for x in all_leaves)
+    q_stored_elems = sum(sum(math.prod(a.shape) for a in (q.codes, q.scale, q.zero) if a is not None)
+                         for q in qweights)
+    other_n = all_n_stored - q_stored_elems
+    other_bytes = all_bytes - q_bytes
+    total_params = q_n + other_n
+    return dict(quantized_weights=q_n, quantized_bytes=q_bytes, other_weights=other_n, other_bytes=other_bytes,
+                total_bytes=all_bytes, total_params=total_params,
+                bits_per_quantized_weight=8 * q_bytes / q_n if q_n else float("nan"),
+                bytes_per_param=all_bytes / total_params)
+
+
+def describe_storage(run_cfg, ckpt_dir=None) -> str:
+    """Lines for `jaxlm model-info`: bytes of the quantized model (from shapes; on disk too if ckpt_dir)."""
+    q = run_cfg.quant
+    rep = storage_report(abstract_quantized(run_cfg.model, q))
+    group = f"group {q.group_size}" if q.group_size else "per channel"
+    lines = [f"quantized: {q.bits}-bit {group} {'symmetric' if q.symmetric else 'asymmetric'} ({q.method}), "
+             f"embeddings {q.embed_bits}-bit",
+             f"  {rep['quantized_weights']:,} quantized weights in {rep['quantized_bytes']:,} bytes = "
+             f"{rep['bits_per_quantized_weight']:.3f} bits per weight (scales and zero points included)",
+             f"  {rep['other_weights']:,} other parameters in {rep['other_bytes']:,} bytes",
+             f"  whole model: {rep['total_bytes']:,} bytes ({rep['total_bytes'] / 2**20:.2f} MiB) = "
+             f"{rep['bytes_per_param']:.3f} bytes per parameter"]
+    if ckpt_dir is not None:
+        from pathlib import Path
+
+        from jaxlm.checkpoint.locate import locate
+
+        params_dir = locate(ckpt_dir)[1]
+        disk = sum(f.stat().st_size for f in Path(params_dir).rglob("*") if f.is_file())
+        lines.append(f"  on disk (params/, Orbax files incl. metadata): {disk:,} bytes")
+    return "\n".join(lines)

@@ -1,0 +1,12 @@
+"""Training: config sections, optimizer, loss, the sharded train step, checkpoints, metrics, the loop."""
+
+from jaxlm.training.config import CheckpointConfig, MeshConfig, TrainConfig
+
+__all__ = ["CheckpointConfig", "MeshConfig", "TrainConfig", "train"]
+
+
+def train(run_cfg, **kwargs):
+    """See `jaxlm.training.trainer.train` (imported lazily: it pulls in Orbax and the model)."""
+    from jaxlm.training.trainer import train as _train
+
+    return _train(run_cfg, **kwargs)

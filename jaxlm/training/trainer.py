@@ -1,0 +1,247 @@
+"""The training loop: set up mesh, state, data and checkpoints; run steps; log; save; resume.
+
+    result = train(run_cfg)            # reads text through jaxlm.data, writes train.out_dir
+
+Every check that can fail on bad input (mesh vs devices, batch vs mesh, checkpoint vs config, data)
+runs before anything is written to the run directory. Only process 0 writes logs and files;
+every process takes part in checkpoint saves (each writes its own shards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.checkpoint.locate import finished_steps
+from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.model import build_model, flops
+from jaxlm.quant import abstract_base_model, quantize_model
+from jaxlm.parallel import distributed, make_mesh, param_shardings, rules
+from jaxlm.training import run_dir as rd
+from jaxlm.training.checkpointing import RunCheckpoints
+from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
+from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
+from jaxlm.training.state import drop_like, logical_axes, merge_trees, prepare_model, split_model, take_like
+from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: Path
+    step: int  # optimizer updates done
+    losses: dict[int, float]  # step -> loss, for the steps logged by this process
+    params: dict  # final trainable params (global jax arrays)
+    opt_state: object  # final optimizer state
+    stopped: str = "finished"  # finished | preempted
+
+
+def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, devices=None) -> TrainResult:
+    """Run (or resume) the training job described by `run_cfg`.
+
+    batch_source(process_index, process_count, batch_size) -> iterator with get_state/set_state;
+    default: `jaxlm.data.make_batch_iterator` over run_cfg.data with the run's tokenizer.
+    devices: the devices of the mesh (default: all of them).
+    """
+    tc, mc = run_cfg.train, run_cfg.mesh
+    mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
+    pi, pc = jax.process_index(), jax.process_count()
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = tc.batch_size // tc.micro_batches
+    if micro % batch_ways or tc.batch_size % pc:
+        raise ConfigError(f"train.batch_size {tc.batch_size} / micro_batches {tc.micro_batches} = {micro} sequences "
+                          f"per micro-batch must be divisible by mesh data x fsdp = {batch_ways} (and batch_size by "
+                          f"{pc} processes); change train.batch_size or the mesh")
+    out = Path(tc.out_dir).absolute()
+    done = finished_steps(out / "checkpoints")
+    resume_step = done[-1] if done else None
+
+    # Model and shardings (abstract first: nothing is allocated before the checks pass).
+    model_abs = prepare_model(run_cfg, abstract_base_model(run_cfg))  # quantized base when quant is on
+    split, params_abs, rest_abs = split_model(model_abs, run_cfg)
+    axes = logical_axes(split.trainable)
+    p_shard = param_shardings(axes, params_abs, mesh)
+    r_shard = param_shardings(logical_axes(split.rest), rest_abs, mesh)
+    tx, schedule = make_optimizer(tc, axes)
+    o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
+    state_shard = {"params": p_shard, "opt_state": o_shard}
+    opt_abs = jax.eval_shape(tx.init, params_abs)
+
+    # Data (an empty corpus fails here, before any write).
+    if tokenizer is None and batch_source is None:
+        tokenizer = rd.load_run_tokenizer(run_cfg)
+    if tokenizer is not None:
+        from jaxlm.tokenizer import check_vocab
+
+        check_vocab(run_cfg.model.vocab_size, tokenizer)  # a mismatch fails now, not mid-run
+    local_batch = tc.batch_size // pc
+    if batch_source is None:
+        from jaxlm.data import make_batch_iterator
+
+        batches = make_batch_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=local_batch,
+                                      seed=run_cfg.seed, process_index=pi, process_count=pc)
+    else:
+        batches = batch_source(pi, pc, local_batch)
+
+    def open_checkpoints():  # creates the folder, so only after every check has passed
+        return RunCheckpoints(out / "checkpoints", run_cfg.checkpoint.every, run_cfg.checkpoint.keep,
+                              run_cfg.checkpoint.keep_best, run_cfg.checkpoint.async_save)
+
+    notes: list[str] = []
+    if resume_step is not None:
+        ckpt = open_checkpoints()
+        full_abs = _with_shardings(merge_trees(params_abs, rest_abs), merge_trees(p_shard, r_shard))
+        full, opt_state, meta = ckpt.restore(resume_step, full_abs, _with_shardings(opt_abs, o_shard))
+        params, rest = take_like(full, params_abs), drop_like(full, params_abs)
+        if len(meta["data_state"]) == pc:
+            batches.set_state(meta["data_state"][pi])
+        else:  # the job's process count changed: the data order cannot continue exactly
+            notes.append(f"checkpoint written by {len(meta['data_state'])} processes, now {pc}: data restarts "
+                         f"from the beginning of the corpus")
+        rng = jnp.asarray(meta["rng"], jnp.uint32)
+        step = int(meta["step"])
+    else:
+        params, rest = _initial_params(run_cfg, p_shard, r_shard)
+        opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+        rng = jax.random.key_data(jax.random.key(run_cfg.seed)).astype(jnp.uint32)
+        step = 0
+        ckpt = open_checkpoints()
+    if pi == 0:
+        rd.write_run_files(out, run_cfg, tokenizer)
+
+    step_fn = jit_train_step(make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss),
+                             mesh, state_shard, r_shard)
+    batch_shard = rules.batch_sharding(mesh)
+    state = {"params": params, "opt_state": opt_state}
+    t0 = time.perf_counter()
+    abstract_batch = {k: jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), jnp.float32 if k == "loss_mask"
+                                              else jnp.int32, sharding=batch_shard) for k in BATCH_KEYS}
+    compiled = step_fn.lower(state, rest, abstract_batch).compile()
+    compile_s = time.perf_counter() - t0
+
+    flops_per_token = flops.train_flops_per_token(run_cfg.model, tc.seq_len)
+    peak = tc.peak_flops or peak_flops_per_device()
+    logger = MetricsLogger(out, tc.steps, step, enabled=(pi == 0 and not quiet))
+    logger.message(f"{run_cfg.model.name}: {sum(math.prod(x.shape) for x in jax.tree.leaves(params_abs)):,} trainable "
+                   f"params, mesh {dict(mesh.shape)}, {jax.device_count()} devices, {pc} process(es), "
+                   f"step compiled in {compile_s:.1f}s" + (f", resumed at step {step}" if step else ""))
+    for note in notes:
+        logger.message(note)
+    preempted = _install_sigterm()
+    losses: dict[int, float] = {}
+    pending: list[tuple[int, dict]] = []  # device metrics not yet checked on the host
+    window_start, window_steps, stopped, first_log = time.perf_counter(), 0, "finished", True
+    last_saved = step if resume_step is not None else None
+    data_state = batches.get_state()
+    while step < tc.steps:
+        if preempted() or (tc.stop_after is not None and step >= tc.stop_after):
+            stopped = "preempted"
+            break
+        try:
+            local = next(batches)
+        except StopIteration:
+            raise JaxlmError("the data iterator ran out of batches; add text to the corpus or lower train.steps")
+        data_state = batches.get_state()
+        batch = {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(local[k])) for k in BATCH_KEYS}
+        state, metrics = compiled(state, rest, batch)
+        step += 1
+        window_steps += 1
+        pending.append((step, metrics))
+        logger.advance()
+        save_now = ckpt.should_save(step, tc.steps)
+        if step % tc.log_every == 0 or save_now or step == tc.steps:
+            fetched = _check_finite(pending, losses, ckpt, logger, last_saved)  # waits for the last step
+            step_time = (time.perf_counter() - window_start) / window_steps
+            last = fetched[-1]
+            tokens_per_s = tc.batch_size * tc.seq_len / step_time
+            logger.log({"step": step, "loss": float(last["loss"]), "ce": float(last["ce"]), "z": float(last["z"]),
+                        "grad_norm": float(last["grad_norm"]), "lr": float(schedule(step - 1)),
+                        "tokens_per_s": tokens_per_s, "step_time_s": step_time,
+                        "mfu": mfu(flops_per_token, tokens_per_s, jax.device_count(), peak),
+                        **({"compile_s": compile_s} if first_log else {})})
+            first_log = False
+            pending.clear()
+            if save_now:
+                _save(ckpt, step, state, rest, data_state, rng, losses[step])
+                last_saved = step
+            window_start, window_steps = time.perf_counter(), 0
+    if stopped == "preempted" and last_saved != step:
+        _check_finite(pending, losses, ckpt, logger, last_saved)
+        _save(ckpt, step, state, rest, data_state, rng, losses.get(step, float("inf")))
+        logger.message(f"stopped at step {step} (SIGTERM or stop_after); checkpoint saved; rerun the same "
+                       f"command to resume")
+    ckpt.close()
+    logger.close()
+    if hasattr(batches, "close"):
+        batches.close()
+    return TrainResult(out, step, losses, state["params"], state["opt_state"], stopped)
+
+
+def _check_finite(pending, losses, ckpt, logger, last_saved) -> list[dict]:
+    """Fetch the pending steps' metrics; stop with a clear error at the first non-finite one."""
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+        if not m["finite"]:
+            ckpt.close()
+            logger.close()
+            raise JaxlmError(f"loss or gradients became non-finite at step {s} (loss {m['loss']}, grad norm "
+                             f"{m['grad_norm']}); the last good checkpoint is step {last_saved} in {ckpt.directory}; "
+                             f"lower train.lr or raise train.warmup_steps")
+        losses[s] = float(m["loss"])
+    return fetched
+
+
+def _save(ckpt: RunCheckpoints, step, state, rest, data_state, rng, loss) -> None:
+    """The params item holds every nnx.Param (trainable + frozen), the same tree as a model dir's params/."""
+    meta = {"step": step, "rng": [int(x) for x in np.asarray(rng)], "loss": loss,
+            "data_state": distributed.allgather_json(data_state)}
+    ckpt.save(step, merge_trees(state["params"], rest), state["opt_state"], meta, loss)
+
+
+def _initial_params(run_cfg, p_shard, r_shard):
+    """(trainable, frozen) pure dicts: the parameters of train.init_from (a model dir or run dir) or a
+    fresh random init, created by one jitted function directly in its sharded layout."""
+    if run_cfg.train.init_from:
+        from jaxlm.checkpoint import load_model
+
+        _, model = load_model(run_cfg.train.init_from, model_config=run_cfg.model)  # base weights only
+        _, params, rest = split_model(prepare_model(run_cfg, model), run_cfg)
+        return _place(params, p_shard), _place(rest, r_shard)
+
+    def init():
+        model = build_model(run_cfg.model, seed=run_cfg.seed)
+        if run_cfg.quant.enabled:  # e.g. LoRA on a quantized base trained from scratch (a study setting)
+            model = quantize_model(model, run_cfg.quant)
+        _, params, rest = split_model(prepare_model(run_cfg, model), run_cfg)
+        return params, rest
+
+    return jax.jit(init, out_shardings=(p_shard, r_shard))()
+
+
+def _place(tree, shardings):
+    """Host arrays -> global arrays with the given shardings (works across processes)."""
+    def put(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def _with_shardings(abstract, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+def _install_sigterm():
+    """SIGTERM (preemption) sets a flag; the loop saves and exits cleanly after the current step."""
+    flag = {"set": False}
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("set", True))
+    except ValueError:  # not the main thread
+        pass
+    return lambda: flag["set"]
