@@ -2,9 +2,10 @@
 
     python benchmarks/compile_time.py [--configs openelm_3b phi3_mini_4k] [--seq-len 2048]
 
-For each config it lowers and compiles the jitted step twice: with layer grouping (identical
-consecutive layers stacked and run by one lax.scan; model.scan_layers=true) and without
-(every layer its own block; scan_layers=false), and prints the number of distinct blocks and
+For each config it lowers and compiles the jitted step: with layer grouping (identical
+consecutive layers stacked and run by one lax.scan; model.scan_layers=true), without
+(every layer its own block; scan_layers=false), and with FFN-padded grouping (layers that differ
+only in FFN width share a scan; model.scan_pad_ffn=true), and prints the number of distinct blocks and
 the seconds spent in lowering and in XLA compilation. Runs on whatever backend JAX finds
 (one device, mesh (1, 1, 1)).
 """
@@ -46,7 +47,15 @@ def compile_step(run_cfg, seq_len: int, batch: int) -> tuple[float, float, int]:
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, len(run_cfg.model.layer_groups)
+    return t1 - t0, t2 - t1, blocks_compiled(run_cfg.model)
+
+
+def blocks_compiled(model_cfg) -> int:
+    """Distinct scanned blocks: stored layer groups, or runs of them with scan_pad_ffn."""
+    if not model_cfg.scan_pad_ffn:
+        return len(model_cfg.layer_groups)
+    keys = [(s.num_query_heads, s.num_kv_heads) for s, _ in model_cfg.layer_groups]
+    return sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
 
 
 def main() -> None:
@@ -56,15 +65,19 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["openelm_3b", "phi3_mini_4k"])
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--modes", nargs="+", default=["on", "off", "pad"], choices=["on", "off", "pad"],
+                    help="on: identical layers scanned; off: every layer its own block; "
+                         "pad: also scan layers differing only in FFN width (model.scan_pad_ffn)")
     args = ap.parse_args()
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), seq {args.seq_len}, batch {args.batch}")
     print(f"| config | layers | grouping | blocks compiled | lower (s) | compile (s) |\n|---|---|---|---|---|---|")
     for name in args.configs:
         base = load_run_config(name)
-        for scan in (True, False):
-            cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, scan_layers=scan))
+        for mode in args.modes:
+            model = dataclasses.replace(base.model, scan_layers=mode != "off", scan_pad_ffn=mode == "pad")
+            cfg = dataclasses.replace(base, model=model)
             lower_s, compile_s, groups = compile_step(cfg, args.seq_len, args.batch)
-            print(f"| {name} | {cfg.model.num_layers} | {'on' if scan else 'off'} | {groups} | {lower_s:.1f} | "
+            print(f"| {name} | {cfg.model.num_layers} | {mode} | {groups} | {lower_s:.1f} | "
                   f"{compile_s:.1f} |", flush=True)
 
 

@@ -148,9 +148,14 @@ class Transformer(nnx.Module):
         kwargs = dict(segment_ids=segment_ids, positions=positions, norm_eps=cfg.norm_eps,
                       attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl)
         new_cache = []
-        for i, block in enumerate(self.groups):
-            x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat, kwargs)
-            new_cache.append(group_cache)
+        if cfg.scan_pad_ffn and cache is None:
+            for run in ffn_padded_runs(cfg, self.groups):
+                x = run_padded(run, x, cos, sin, cfg.remat, kwargs)
+        else:
+            for i, block in enumerate(self.groups):
+                x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat,
+                                           kwargs)
+                new_cache.append(group_cache)
         x = ops.rms_norm(x, self.final_norm[...], cfg.norm_eps, cfg.norm_impl)
         if self.lm_head is None:
             logits = ops.dense("btd,vd->btv", x, self.embed[...], dtype=dtype)
@@ -163,6 +168,48 @@ class Transformer(nnx.Module):
 def run_group(block: Block, x, cos, sin, cache, remat: str, kwargs):
     """Run a stack of identical layers with lax.scan over their stacked parameters (and cache)."""
     graphdef, state = nnx.split(block)
+    return scan_layers(graphdef, state, x, cos, sin, cache, remat, kwargs)
+
+
+def ffn_padded_runs(cfg: ModelConfig, groups) -> list[list[Block]]:
+    """Consecutive groups with the same attention shape and plain (unquantized) FFN weights."""
+    runs: list[list[Block]] = []
+    prev = None
+    for (spec, _), block in zip(cfg.layer_groups, groups):
+        key = (spec.num_query_heads, spec.num_kv_heads)
+        plain = isinstance(block.ffn.w_in, nnx.Param) and isinstance(block.ffn.w_out, nnx.Param)
+        if runs and plain and key == prev:
+            runs[-1].append(block)
+        else:
+            runs.append([block])
+        prev = key if plain else None
+    return runs
+
+
+def run_padded(run: list[Block], x, cos, sin, remat: str, kwargs):
+    """Run groups that differ only in FFN width as one scan (ModelConfig.scan_pad_ffn).
+
+    Each group's FFN weights are zero-padded to the widest in the run and all groups are stacked.
+    Exact: a padded unit computes act(0) * 0 = 0 and meets a zero row of w_out; the padding's
+    gradient is dropped by the pad's transpose. The cost is FFN FLOPs on the padding.
+    """
+    if len(run) == 1:
+        return run_group(run[0], x, cos, sin, None, remat, kwargs)[0]
+    width = max(block.ffn.w_out.shape[-2] for block in run)
+    graphdef, state = nnx.split(run[0])
+    trees = []
+    for block in run:
+        tree = nnx.state(block).to_pure_dict()
+        pad = width - block.ffn.w_out.shape[-2]
+        tree["ffn"]["w_in"] = jnp.pad(tree["ffn"]["w_in"], ((0, 0), (0, 0), (0, 0), (0, pad)))  # (L, D, 2, F)
+        tree["ffn"]["w_out"] = jnp.pad(tree["ffn"]["w_out"], ((0, 0), (0, pad), (0, 0)))  # (L, F, D)
+        trees.append(tree)
+    state.replace_by_pure_dict(jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *trees))
+    return scan_layers(graphdef, state, x, cos, sin, None, remat, kwargs)[0]
+
+
+def scan_layers(graphdef, state, x, cos, sin, cache, remat: str, kwargs):
+    """lax.scan of one block's graph over parameters (and cache) stacked on the leading axis."""
 
     def body(h, layer):
         layer_state, layer_cache = layer
