@@ -9,6 +9,8 @@ Written to DIR.tmp-<pid> and renamed, so DIR is either absent or complete.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -80,11 +82,24 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
         model = prepare_model(run_cfg, model)  # a LoRA run's checkpoint holds the adapters too
     graphdef, abstract_state = nnx.split(model)
     target = nnx.state(model, nnx.Param).to_pure_dict()
-    check_param_shapes(saved_param_shapes(params_dir), target, str(params_dir))
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            params = ckptr.restore(params_dir, target)
-        except (ValueError, KeyError) as e:
-            raise JaxlmError(f"weights in {path} do not match its config: {str(e).splitlines()[0]}") from None
+    with _quiet_absl():
+        check_param_shapes(saved_param_shapes(params_dir), target, str(params_dir))
+        with ocp.StandardCheckpointer() as ckptr:
+            try:
+                params = ckptr.restore(params_dir, target)
+            except (ValueError, KeyError) as e:
+                raise JaxlmError(f"weights in {path} do not match its config: {str(e).splitlines()[0]}") from None
     abstract_state.replace_by_pure_dict(params)
     return run_cfg, nnx.merge(graphdef, abstract_state)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Orbax warns that a CheckpointManager item dir has no top-level metadata file; it restores fine."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
