@@ -181,6 +181,15 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def write_results(out: Path, name: str, result: dict, plot, markdown, log) -> None:
+    """out/NAME.json (the numbers), out/NAME.png (plot(path, result)), out/NAME.md (markdown(result))."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    plot(out / f"{name}.png", result)
+    write_text(out / f"{name}.md", markdown(result))
+    log(f"wrote {out / name}.md")
+
+
 def md_table(header: list[str], rows: list[list]) -> list[str]:
     """Markdown table lines; floats are printed with 4 significant decimals."""
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731

@@ -191,11 +191,7 @@ def main(argv=None) -> int:
                   final={k: {s: r["curve"][-1][2] for s, r in v.items()} for k, v in runs.items()},
                   folio={k: {s: r["folio_loss"] for s, r in v.items()} for k, v in runs.items()},
                   curves={k: {s: r["curve"] for s, r in v.items()} for k, v in runs.items()})
-    out.mkdir(parents=True, exist_ok=True)
-    common.write_json(out / f"{NAME}.json", result)
-    plot(out / f"{NAME}.png", result)
-    common.write_text(out / f"{NAME}.md", markdown(result))
-    log(f"wrote {out / NAME}.md")
+    common.write_results(out, NAME, result, plot, markdown, log)
     return 0
 
 

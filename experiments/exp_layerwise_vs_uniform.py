@@ -76,11 +76,7 @@ def main(argv=None) -> int:
                   heldout_tokens=len(heldout), final=final, diff_layerwise_minus_uniform=diffs,
                   curves={m: {s: r["curve"] for s, r in runs[m].items()} for m in models},
                   train_seconds={m: {s: r["seconds"] for s, r in runs[m].items()} for m in models})
-    out.mkdir(parents=True, exist_ok=True)
-    common.write_json(out / f"{name}.json", result)
-    plot(out / f"{name}.png", result)
-    common.write_text(out / f"{name}.md", markdown(result))
-    log(f"wrote {out / name}.md")
+    common.write_results(out, name, result, plot, markdown, log)
     return 0
 
 

@@ -74,11 +74,7 @@ def main(argv=None) -> int:
     result = dict(toy=args.toy, params=p, base=dict(run_dir=run["run_dir"], steps=base_p["budgets"]["long"],
                   batch=base_p["batch"], seq=seq), rows=rows, hardware=common.hardware(), seconds=log.seconds,
                   heldout_tokens=len(heldout))
-    out.mkdir(parents=True, exist_ok=True)
-    common.write_json(out / f"{NAME}.json", result)
-    plot(out / f"{NAME}.png", result)
-    common.write_text(out / f"{NAME}.md", markdown(result))
-    log(f"wrote {out / NAME}.md")
+    common.write_results(out, NAME, result, plot, markdown, log)
     return 0
 
 

@@ -90,11 +90,7 @@ def main(argv=None) -> int:
                 and r["bits"] < 32))
     result = dict(toy=args.toy, params=p, rows=rows, hardware=common.hardware(), seconds=log.seconds,
                   heldout_tokens=len(heldout))
-    out.mkdir(parents=True, exist_ok=True)
-    common.write_json(out / f"{NAME}.json", result)
-    plot(out / f"{NAME}.png", result)
-    common.write_text(out / f"{NAME}.md", markdown(result))
-    log(f"wrote {out / NAME}.md")
+    common.write_results(out, NAME, result, plot, markdown, log)
     return 0
 
 

@@ -168,11 +168,7 @@ def main(argv=None) -> int:
     log("norm op: " + ", ".join(f"{r['shape']} {r['impl']} {r['us']:.1f}us" for r in ops_rows))
     result = dict(toy=args.toy, params={k: v for k, v in p.items()}, rows=rows, ops=ops_rows,
                   backend=jax.default_backend(), hardware=common.hardware(), seconds=log.seconds)
-    out.mkdir(parents=True, exist_ok=True)
-    common.write_json(out / f"{NAME}.json", result)
-    plot(out / f"{NAME}.png", result)
-    common.write_text(out / f"{NAME}.md", markdown(result))
-    log(f"wrote {out / NAME}.md")
+    common.write_results(out, NAME, result, plot, markdown, log)
     return 0
 
 

@@ -163,11 +163,7 @@ def main(argv=None) -> int:
     memory = quantized_memory(MEMORY_MODELS[:1] if args.toy else MEMORY_MODELS)
     result = dict(toy=args.toy, figures=figures, gpu=gpu, memory=memory, hardware=common.hardware(),
                   seconds=log.seconds)
-    out.mkdir(parents=True, exist_ok=True)
-    common.write_json(out / f"{NAME}.json", result)
-    plot(out / f"{NAME}.png", result)
-    common.write_text(out / f"{NAME}.md", markdown(result))
-    log(f"wrote {out / NAME}.md")
+    common.write_results(out, NAME, result, plot, markdown, log)
     return 0
 
 
