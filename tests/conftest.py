@@ -15,3 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The bundled 2048-piece sentencepiece tokenizer."""
+    from jaxlm.tokenizer import load_tokenizer
+
+    return load_tokenizer("bundled:tokenizer")

@@ -15,11 +15,6 @@ PLAY = ASSETS_DIR / "corpus" / "train" / "macbeth.txt"
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("bundled:tokenizer")
-
-
-@pytest.fixture(scope="module")
 def docs_dir(tmp_path_factory):
     """Speeches of one play as JSONL documents of very different lengths (1 to ~400 tokens)."""
     root = tmp_path_factory.mktemp("docs")

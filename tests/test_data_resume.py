@@ -10,14 +10,8 @@ from jaxlm.assets import ASSETS_DIR
 from jaxlm.config.loader import from_dict
 from jaxlm.data import DataConfig, SourceConfig, make_batch_iterator, make_eval_iterator
 from jaxlm.errors import ConfigError
-from jaxlm.tokenizer import load_tokenizer
 
 TRAIN = ASSETS_DIR / "corpus" / "train"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("bundled:tokenizer")
 
 
 @pytest.fixture(scope="module")

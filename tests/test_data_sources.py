@@ -13,14 +13,8 @@ from jaxlm.data import DataConfig, FilterConfig, SourceConfig, make_batch_iterat
 from jaxlm.data.filters import clean_text
 from jaxlm.data.sources import DocumentReader, list_files
 from jaxlm.errors import JaxlmError
-from jaxlm.tokenizer import load_tokenizer
 
 PLAY = ASSETS_DIR / "corpus" / "train" / "macbeth.txt"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("bundled:tokenizer")
 
 
 def read_all(src: SourceConfig, on_bad_record="skip", shuffle=False):

@@ -69,3 +69,19 @@ def token_id(hf: dict, key: str, default: int) -> int:
     value = hf.get(key)
     value = value[0] if isinstance(value, list) and value else value
     return default if value is None else int(value)
+
+
+def uniform_config_from_hf(hf: dict, name: str, *, norm_eps: float, max_context: int, eos: int) -> dict:
+    """jaxlm model-config fields of a uniform Llama-style HF config (defaults: the family's own)."""
+    require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
+    theta, scaling = rope_from_hf(hf)
+    heads = hf["num_attention_heads"]
+    return {
+        "name": name, "vocab_size": hf["vocab_size"], "model_dim": hf["hidden_size"],
+        "num_layers": hf["num_hidden_layers"], "head_dim": hf.get("head_dim") or hf["hidden_size"] // heads,
+        "num_query_heads": heads, "num_kv_heads": hf.get("num_key_value_heads") or heads,
+        "ffn_dim": hf["intermediate_size"], "qk_norm": False,
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)), "norm_eps": hf.get("rms_norm_eps", norm_eps),
+        "rope_theta": theta, "rope_scaling": scaling, "max_context": hf.get("max_position_embeddings", max_context),
+        "bos_token_id": token_id(hf, "bos_token_id", 1), "eos_token_id": token_id(hf, "eos_token_id", eos),
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from jaxlm.convert.family import Family
-from jaxlm.convert.hf_config import token_id, require, require_uniform, rope_from_hf, rope_scaling_to_hf
+from jaxlm.convert.hf_config import require, require_uniform, rope_scaling_to_hf, uniform_config_from_hf
 from jaxlm.convert.layout import IDENTITY, OUT_PROJ, TRANSPOSE, QKV, GateUp, Rule
 from jaxlm.model.config import ModelConfig
 
@@ -43,18 +43,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
 
 def config_from_hf(hf: dict) -> dict:
     require(not hf.get("attention_bias") and not hf.get("mlp_bias"), "Llama checkpoints with biases are not supported")
-    require(hf.get("hidden_act", "silu") == "silu", f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
-    theta, scaling = rope_from_hf(hf)
-    heads = hf["num_attention_heads"]
-    return {
-        "name": "llama", "vocab_size": hf["vocab_size"], "model_dim": hf["hidden_size"],
-        "num_layers": hf["num_hidden_layers"], "head_dim": hf.get("head_dim") or hf["hidden_size"] // heads,
-        "num_query_heads": heads, "num_kv_heads": hf.get("num_key_value_heads") or heads,
-        "ffn_dim": hf["intermediate_size"], "qk_norm": False,
-        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)), "norm_eps": hf.get("rms_norm_eps", 1e-6),
-        "rope_theta": theta, "rope_scaling": scaling, "max_context": hf.get("max_position_embeddings", 2048),
-        "bos_token_id": token_id(hf, "bos_token_id", 1), "eos_token_id": token_id(hf, "eos_token_id", 2),
-    }
+    return uniform_config_from_hf(hf, "llama", norm_eps=1e-6, max_context=2048, eos=2)
 
 
 FAMILY = Family("llama", TOP, "model.layers.{i}.", LAYER, config_to_hf, config_from_hf)
