@@ -191,18 +191,21 @@ def test_cli_refuses_non_empty_output_without_overwrite(llama_hf, tmp_path, caps
 
 
 def test_failure_mid_export_leaves_nothing(llama_hf, tmp_path, monkeypatch):
-    from jaxlm.convert import jaxlm_io
+    from jaxlm.checkpoint import params_io
 
     from_hf(llama_hf[0], tmp_path / "jx")
-    real_read, calls = jaxlm_io.ParamReader.read, []
+    calls = []
 
-    def failing_read(self, path):
-        calls.append(path)
-        if len(calls) == 4:
-            raise OSError("disk went away")
-        return real_read(self, path)
+    def failing(real):
+        def read(self, *args):
+            calls.append(args)
+            if len(calls) == 4:
+                raise OSError("disk went away")
+            return real(self, *args)
+        return read
 
-    monkeypatch.setattr(jaxlm_io.ParamReader, "read", failing_read)
+    for name in ("read", "read_layer"):
+        monkeypatch.setattr(params_io.ParamReader, name, failing(getattr(params_io.ParamReader, name)))
     with pytest.raises(OSError, match="disk went away"):
         to_hf(tmp_path / "jx", tmp_path / "hf")
     assert_nothing_written(tmp_path / "hf")

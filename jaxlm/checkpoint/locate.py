@@ -1,7 +1,7 @@
 """Find the config and the saved parameters behind a path a user gives.
 
 Accepted:
-    MODEL_DIR                    config.yaml + params/          (save_model, jaxlm convert)
+    MODEL_DIR                    config.yaml + params/ (or params/state/)  (save_model, jaxlm convert)
     RUN_DIR                      config.yaml + checkpoints/<step>/params   (jaxlm train; latest step)
     RUN_DIR/checkpoints/<step>   that step's params, config from RUN_DIR
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxlm.checkpoint.params_io import params_item
 from jaxlm.errors import JaxlmError
 
 
@@ -21,8 +22,12 @@ def finished_steps(ckpt_dir: Path) -> list[int]:
 
 
 def locate(path: str | Path) -> tuple[Path, Path]:
-    """(directory holding config.yaml and the tokenizer, the Orbax params folder)."""
-    path = Path(path).absolute()
+    """(directory holding config.yaml and the tokenizer, the Orbax params item folder)."""
+    config_dir, params_dir = _locate(Path(path).absolute())
+    return config_dir, params_item(params_dir)
+
+
+def _locate(path: Path) -> tuple[Path, Path]:
     if not path.exists():
         raise JaxlmError(f"checkpoint path {path} does not exist; give a model dir, a run dir or "
                          f"RUN_DIR/checkpoints/<step>")

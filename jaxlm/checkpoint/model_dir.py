@@ -1,7 +1,8 @@
 """A model directory: the weights of one model and the config that built it.
 
     DIR/config.yaml      the full run config (model section and the rest)
-    DIR/params/          Orbax checkpoint of the nnx.Param state (a nested dict of arrays)
+    DIR/params/          Orbax checkpoint of the nnx.Param state, one leaf per layer (params_io),
+                         written a few leaves at a time
     DIR/tokenizer.*      the tokenizer files, when known
 
 Written to DIR.tmp-<pid> and renamed, so DIR is either absent or complete.
@@ -9,16 +10,18 @@ Written to DIR.tmp-<pid> and renamed, so DIR is either absent or complete.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax
+import numpy as np
 import yaml
 from flax import nnx
 
+from jaxlm.checkpoint.params_io import (ParamWriter, flatten, layer_leaves, nest, per_layer, quiet_absl,
+                                        restack)
 from jaxlm.config import RunConfig, from_dict, to_dict
 from jaxlm.errors import JaxlmError
 
@@ -26,20 +29,33 @@ from jaxlm.errors import JaxlmError
 def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_files: list[str | Path] = (),
                overwrite: bool = False) -> Path:
     """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically."""
-    import orbax.checkpoint as ocp
+    params = flatten(nnx.state(model, nnx.Param).to_pure_dict())
+    leaves = ((p, np.asarray(x)) for p, x in layer_leaves(params))  # one layer on the host at a time
+    return write_model_dir(path, run_cfg, leaves, extra_files, overwrite)
 
+
+def write_model_dir(path: str | Path, run_cfg: RunConfig, leaves: Iterable[tuple[tuple[str, ...], object]],
+                    extra_files: list[str | Path] = (), overwrite: bool = False) -> Path:
+    """Write a model directory from (leaf path, array) pairs in the per-layer layout (params_io), taken
+    one at a time from `leaves` (a generator keeps only a few in memory). `path` is either absent or
+    complete afterwards."""
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise JaxlmError(f"output {path} already exists; choose another path or pass overwrite")
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
-    params = nnx.state(model, nnx.Param).to_pure_dict()
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "params", params)
-    for f in extra_files:
-        shutil.copy(f, tmp / Path(f).name)
+    try:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
+        writer = ParamWriter(tmp / "params")
+        writer.put_all(leaves)
+        with quiet_absl():
+            writer.close()
+        for f in extra_files:
+            shutil.copy(f, tmp / Path(f).name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -82,24 +98,18 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
         model = prepare_model(run_cfg, model)  # a LoRA run's checkpoint holds the adapters too
     graphdef, abstract_state = nnx.split(model)
     target = nnx.state(model, nnx.Param).to_pure_dict()
-    with _quiet_absl():
-        check_param_shapes(saved_param_shapes(params_dir), target, str(params_dir))
+    with quiet_absl():
+        saved = saved_param_shapes(params_dir)
+        layered = per_layer(tuple(k.split("/")) for k in saved)
+        disk = nest(dict(layer_leaves(flatten(target), lambda x, j: jax.ShapeDtypeStruct(x.shape[1:], x.dtype)))) \
+            if layered else target
+        check_param_shapes(saved, disk, str(params_dir))
         with ocp.StandardCheckpointer() as ckptr:
             try:
-                params = ckptr.restore(params_dir, target)
+                params = ckptr.restore(params_dir, disk)
             except (ValueError, KeyError) as e:
                 raise JaxlmError(f"weights in {path} do not match its config: {str(e).splitlines()[0]}") from None
+    if layered:
+        params = restack(target, flatten(params))
     abstract_state.replace_by_pure_dict(params)
     return run_cfg, nnx.merge(graphdef, abstract_state)
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-    """Orbax warns that a CheckpointManager item dir has no top-level metadata file; it restores fine."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)

@@ -1,8 +1,8 @@
 """Checkpoint conversion between jaxlm and Hugging Face layouts (Llama, Phi-3, OpenELM).
 
 One adapter module per family (llama.py, phi3.py, openelm.py) holds its explicit key map and
-config mapping; layout.py holds the tensor transforms; hf_io.py and jaxlm_io.py stream tensors
-one at a time on each side.
+config mapping; layout.py holds the tensor transforms; hf_io.py and jaxlm.checkpoint.params_io
+stream tensors one at a time on each side.
 """
 
 from jaxlm.convert.family import families

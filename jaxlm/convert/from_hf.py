@@ -9,8 +9,7 @@ import numpy as np
 
 from jaxlm.convert import hf_io, outputs
 from jaxlm.convert.family import Family, family_for_hf
-from jaxlm.convert.jaxlm_io import ParamBuffers
-from jaxlm.convert.plan import make_plan, param_shapes
+from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.convert.to_hf import DTYPES
 from jaxlm.errors import JaxlmError
 
@@ -18,12 +17,10 @@ from jaxlm.errors import JaxlmError
 def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, allow_pickle: bool = False,
             overwrite: bool = False) -> Path:
     """Write a model dir loadable by `jaxlm.checkpoint.load_model`. dtype: of the jaxlm params and
-    compute (default: the checkpoint's). Only safetensors are read unless `allow_pickle`."""
-    from flax import nnx
-
-    from jaxlm.checkpoint import save_model
+    compute (default: the checkpoint's). Only safetensors are read unless `allow_pickle`.
+    Streams: one tensor at a time, written to the model dir's per-layer leaves."""
+    from jaxlm.checkpoint.model_dir import write_model_dir
     from jaxlm.config import RunConfig, from_dict
-    from jaxlm.model import abstract_model
 
     hf_dir = Path(hf_dir)
     hf_config = hf_io.read_config(hf_dir)
@@ -42,20 +39,19 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, al
     cfg = run_cfg.model
     plan = make_plan(family, cfg)
     _check_tensors(reader, plan, family, cfg.tie_embeddings)
-    buffers = ParamBuffers(outputs.temp_sibling(out, "scratch"), param_shapes(cfg), DTYPES[dtype])
-    try:
-        for it in plan:
-            arrays = tuple(reader.get(n) for n in it.hf_names)
-            buffers.put(it.jax_path, it.layer, it.rule.transform.from_hf(arrays, it.jax_shape).astype(DTYPES[dtype]))
-        model = abstract_model(cfg)
-        graphdef, state = nnx.split(model)
-        state.replace_by_pure_dict(buffers.pure_dict())
-        with tempfile.TemporaryDirectory() as tok_dir:
-            save_model(out, run_cfg, nnx.merge(graphdef, state), _tokenizer_files(hf_dir, Path(tok_dir)),
-                       overwrite=True)
-    finally:
-        buffers.close()
+    with tempfile.TemporaryDirectory() as tok_dir:
+        write_model_dir(out, run_cfg, _leaves(reader, plan, DTYPES[dtype]), _tokenizer_files(hf_dir, Path(tok_dir)),
+                        overwrite=True)
     return out
+
+
+def _leaves(reader: hf_io.HFReader, plan, dtype: np.dtype):
+    """(model dir leaf path, array), one jaxlm tensor at a time in HF order: a model dir stores each
+    layer's tensors as their own leaves, so memory holds one tensor and the HF tensors it comes from."""
+    for it in plan:
+        value = it.rule.transform.from_hf(tuple(reader.get(n) for n in it.hf_names), it.jax_shape)
+        yield saved_path(it, layered=True), value.astype(dtype, copy=False)
+        del value
 
 
 def _check_tensors(reader: hf_io.HFReader, plan, family: Family, tied: bool) -> None:

@@ -1,13 +1,15 @@
 """The tensor plan of one model under one family: which HF tensor comes from which jaxlm leaf.
 
 HF layer i lives in jaxlm group g at index j of its stacked "layers" axis, following
-`cfg.layer_groups` (runs of identical layers). Shapes come from `abstract_model` (no memory).
+`cfg.layer_groups` (runs of identical layers); a model dir stores it as layers/<i>/... (params_io).
+Shapes come from `abstract_model` (no memory).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from jaxlm.checkpoint.params_io import LAYERS
 from jaxlm.convert.family import Family
 from jaxlm.convert.layout import Rule
 from jaxlm.model.config import ModelConfig
@@ -19,6 +21,7 @@ Path = tuple[str, ...]
 class Item:
     jax_path: Path  # leaf in the params tree, e.g. ("groups", "0", "attn", "qkv")
     layer: int | None  # index on the stacked layers axis; None for whole-model tensors
+    index: int | None  # global layer index (HF's layers.{index}); None for whole-model tensors
     rule: Rule
     hf_names: tuple[str, ...]
     jax_shape: tuple[int, ...]  # of one layer (stack axis removed)
@@ -41,12 +44,12 @@ def make_plan(family: Family, cfg: ModelConfig) -> list[Item]:
     """HF order: embeddings, layers 0..L-1, final norm, lm_head. Leaves the model lacks are skipped."""
     shapes = param_shapes(cfg)
 
-    def item(path: Path, layer: int | None, rule: Rule, names: tuple[str, ...]) -> Item:
+    def item(path: Path, layer: int | None, index: int | None, rule: Rule, names: tuple[str, ...]) -> Item:
         shape = shapes[path][0][1:] if layer is not None else shapes[path][0]
-        return Item(path, layer, rule, names, shape, rule.transform.hf_shapes(shape))
+        return Item(path, layer, index, rule, names, shape, rule.transform.hf_shapes(shape))
 
     top = [r for r in family.top if r.leaf in shapes]
-    items = [item(top[0].leaf, None, top[0], top[0].hf)]
+    items = [item(top[0].leaf, None, None, top[0], top[0].hf)]
     i = 0
     for g, (_, count) in enumerate(cfg.layer_groups):
         for j in range(count):
@@ -54,11 +57,19 @@ def make_plan(family: Family, cfg: ModelConfig) -> list[Item]:
             for rule in family.layer:
                 path = ("groups", str(g)) + rule.leaf
                 if path in shapes:
-                    items.append(item(path, j, rule, tuple(prefix + n for n in rule.hf)))
+                    items.append(item(path, j, i, rule, tuple(prefix + n for n in rule.hf)))
             i += 1
-    items += [item(r.leaf, None, r, r.hf) for r in top[1:]]
+    items += [item(r.leaf, None, None, r, r.hf) for r in top[1:]]
     covered = {it.jax_path for it in items}
     uncovered = set(shapes) - covered
     if uncovered:  # a parameter the family's key map forgot: a bug, not bad input
         raise AssertionError(f"{family.model_type} key map has no rule for {sorted(uncovered)}")
     return items
+
+
+def saved_path(it: Item, layered: bool) -> Path:
+    """Where the item's jaxlm tensor is saved: its own leaf, one layer of a stacked leaf, or (model
+    dirs, `layered`) a per-layer leaf."""
+    if it.layer is None or not layered:
+        return it.jax_path
+    return (LAYERS, str(it.index)) + it.jax_path[2:]

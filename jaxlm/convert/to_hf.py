@@ -10,10 +10,10 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxlm.checkpoint.params_io import ParamReader, per_layer
 from jaxlm.convert import hf_io, outputs
 from jaxlm.convert.family import family_for_model
-from jaxlm.convert.jaxlm_io import ParamReader
-from jaxlm.convert.plan import make_plan
+from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.errors import JaxlmError
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
@@ -25,7 +25,8 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
 
     src: a model dir, a run dir (latest step) or RUN_DIR/checkpoints/<step>. fmt: llama | phi3 |
     openelm (default: uniform -> llama, LongRoPE -> phi3, otherwise openelm). dtype: of the written
-    weights (default: as saved). Peak memory is about one saved array plus its converted copy.
+    weights (default: as saved). Peak memory is about one tensor plus its converted copy: model dirs
+    store each layer on its own, training checkpoints store stacked layers one layer per chunk.
     """
     from jaxlm.checkpoint.locate import locate
     from jaxlm.checkpoint.model_dir import read_config
@@ -37,8 +38,9 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     out = outputs.check_output(Path(out), overwrite)
     plan = make_plan(family, cfg)
     reader = ParamReader(params_dir)
-    _check_saved(reader, plan, params_dir)
-    saved = {reader.shapes[it.jax_path][1] for it in plan}
+    layered = per_layer(reader.shapes)
+    _check_saved(reader, plan, params_dir, layered)
+    saved = {reader.shapes[saved_path(it, layered)][1] for it in plan}
     if dtype is not None and dtype not in DTYPES:
         raise JaxlmError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out_dtype = DTYPES[dtype] if dtype else saved.pop() if len(saved) == 1 else np.dtype(np.float32)
@@ -48,14 +50,23 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     try:
         entries = [(n, s, out_dtype) for it in plan for n, s in zip(it.hf_names, it.hf_shapes)]
         writer = hf_io.ShardedWriter(tmp, entries, hf_io.parse_size(max_shard_size))
-        by_leaf = sorted(plan, key=lambda it: it.jax_path)
-        for path, items in groupby(by_leaf, key=lambda it: it.jax_path):
-            stacked = reader.read(path)  # the one array in memory (a group's layers stacked)
+        for path, items in groupby(sorted(plan, key=lambda it: it.jax_path), key=lambda it: it.jax_path):
+            items = list(items)
+            # A model dir holds each layer as its own leaf; a training checkpoint holds a group's layers
+            # stacked, read one layer at a time where it is stored one layer per chunk, else whole once.
+            per_leaf = layered or items[0].layer is None or reader.layer_chunked(path)
+            whole = None if per_leaf else reader.read(path)
             for it in items:
-                x = stacked if it.layer is None else stacked[it.layer]
+                if whole is not None:
+                    x = whole[it.layer]
+                elif layered or it.layer is None:
+                    x = reader.read(saved_path(it, layered))
+                else:
+                    x = reader.read_layer(path, it.layer)
                 for name, t in zip(it.hf_names, it.rule.transform.to_hf(x)):
                     writer.write(name, t.astype(out_dtype, copy=False))
-            del stacked
+                del x
+            del whole
         writer.close()
         hf_config["torch_dtype"] = hf_config["dtype"] = {v: k for k, v in DTYPES.items()}[out_dtype]
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
@@ -71,11 +82,13 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     return out
 
 
-def _check_saved(reader: ParamReader, plan, params_dir: Path) -> None:
+def _check_saved(reader: ParamReader, plan, params_dir: Path, layered: bool) -> None:
     """The checkpoint must hold exactly the leaves (and shapes) the config implies."""
     want = {}
     for it in plan:
-        want.setdefault(it.jax_path, (it.layer is not None, it.jax_shape))
+        path = saved_path(it, layered)
+        stacked = it.layer is not None and not layered
+        want.setdefault(path, (stacked, it.jax_shape))
     have = set(reader.shapes)
     extra = sorted(".".join(p) for p in have - set(want))
     missing = sorted(".".join(p) for p in set(want) - have)

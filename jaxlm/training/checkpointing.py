@@ -44,7 +44,8 @@ class RunCheckpoints:
 
     def save(self, step: int, params, opt_state, meta: dict, loss: float) -> None:
         """Start an (asynchronous) save of the state after `step` optimizer updates."""
-        args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params, save_args=_layer_chunked(params)),
+                                  opt_state=ocp.args.StandardSave(opt_state),
                                   meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, metrics={"loss": float(loss)}, force=True)
 
@@ -71,6 +72,17 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _layer_chunked(params):
+    """Save args storing each stacked layer-group leaf one layer per chunk (see params_io), so that
+    `jaxlm convert to-hf` can read a run's checkpoint layer by layer."""
+    from jaxlm.checkpoint.params_io import key_names, stacked
+
+    def args(path, x):
+        return ocp.SaveArgs(shard_axes=(0,)) if stacked(key_names(path)) else ocp.SaveArgs()
+
+    return jax.tree_util.tree_map_with_path(args, params)
 
 
 def saved_param_shapes(params_dir: Path) -> dict:

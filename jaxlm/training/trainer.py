@@ -50,6 +50,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
     devices: the devices of the mesh (default: all of them).
     """
     tc, mc = run_cfg.train, run_cfg.mesh
+    preempted = _install_sigterm()  # first: a SIGTERM during restore or compile also ends the run cleanly
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
     pi, pc = jax.process_index(), jax.process_count()
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -133,7 +134,6 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
                    f"step compiled in {compile_s:.1f}s" + (f", resumed at step {step}" if step else ""))
     for note in notes:
         logger.message(note)
-    preempted = _install_sigterm()
     losses: dict[int, float] = {}
     pending: list[tuple[int, dict]] = []  # device metrics not yet checked on the host
     window_start, window_steps, stopped, first_log = time.perf_counter(), 0, "finished", True
