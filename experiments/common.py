@@ -8,6 +8,7 @@ its data pipeline; the validation curve is read back from the run's checkpoints 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -23,6 +24,27 @@ if str(REPO) not in sys.path:
 RESULTS = REPO / "experiments" / "results"
 SHAKESPEARE = REPO.parent / "shared" / "data" / "shakespeare"  # ../shared beside the checkout (CI and here)
 HELD_OUT = "bundled:corpus/valid"  # two plays (As You Like It, The Comedy of Errors) no run trains on
+
+
+def parser(doc: str, toy_help: str, work_help: str | None = "folder for run dirs (default: runs/experiments/NAME)",
+           seeds: bool = True) -> argparse.ArgumentParser:
+    """The options experiments share: --toy and --out, and for those that train --work and --seeds."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--toy", action="store_true", help=toy_help)
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the .md/.png/.json results")
+    if work_help:
+        ap.add_argument("--work", default=None, help=work_help)
+    if seeds:
+        ap.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
+    return ap
+
+
+def settings(args, toy: dict, real: dict) -> dict:
+    """The experiment's parameters: TOY under --toy, else REAL, with --seeds applied."""
+    p = dict(toy if args.toy else real)
+    if getattr(args, "seeds", None):
+        p["seeds"] = tuple(range(args.seeds))
+    return p
 
 
 def work_dir(work: str | None, out: Path, name: str) -> Path:

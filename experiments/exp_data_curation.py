@@ -25,7 +25,6 @@ spelling) at several checkpoints. Writes data_curation.{md,png,json}.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 import sys
@@ -133,16 +132,10 @@ def filter_stats(dirs: dict[str, Path], seq: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--toy", action="store_true", help="a seconds-long run of 2-layer models (for tests)")
-    ap.add_argument("--out", default=str(common.RESULTS), help="folder for the .md/.png/.json results")
-    ap.add_argument("--work", default=None, help="folder for run dirs (default: runs/experiments/NAME)")
+    ap = common.parser(__doc__, "a seconds-long run of 2-layer models (for tests)")
     ap.add_argument("--data-root", default=str(common.SHAKESPEARE), help="the shakespeare corpus folder")
-    ap.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     args = ap.parse_args(argv)
-    p = dict(TOY if args.toy else REAL)
-    if args.seeds:
-        p["seeds"] = tuple(range(args.seeds))
+    p = common.settings(args, TOY, REAL)
     out = Path(args.out)
     work = common.work_dir(args.work, out, NAME)
     log = common.Clock()

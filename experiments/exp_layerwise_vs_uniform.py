@@ -12,7 +12,6 @@ checkpoint. Writes layerwise_vs_uniform.{md,png,json}.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,22 +25,16 @@ NAME = "layerwise_vs_uniform"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--toy", action="store_true", help="a seconds-long run of 2-layer models (for tests)")
-    ap.add_argument("--out", default=str(common.RESULTS), help="folder for the .md/.png/.json results")
-    ap.add_argument("--work", default=None, help="folder for run dirs (default: runs/experiments/NAME)")
+    ap = common.parser(__doc__, "a seconds-long run of 2-layer models (for tests)")
     ap.add_argument("--steps", type=int, default=None, help="override the number of training steps")
-    ap.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
     ap.add_argument("--uniform", default="exp_uniform", help="the uniform model's config (e.g. exp_uniform_exact); "
                     "other than the default, results go to layerwise_vs_UNIFORM.* and finished runs are reused")
     args = ap.parse_args(argv)
     models = (MODELS[0], args.uniform)
     name = NAME if args.uniform == "exp_uniform" else f"layerwise_vs_{args.uniform}"
-    p = dict(TOY if args.toy else REAL)
+    p = common.settings(args, TOY, REAL)
     if args.steps:
         p["steps"], p["eval_every"] = args.steps, max(1, args.steps // 6)
-    if args.seeds:
-        p["seeds"] = tuple(range(args.seeds))
     out = Path(args.out)
     work = common.work_dir(args.work, out, NAME)  # shared by every --uniform, so the layerwise runs are reused
     log = common.Clock()

@@ -14,7 +14,6 @@ lora_after_quant.{md,png,json}.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -29,12 +28,10 @@ TOY = dict(lora_steps=3, lora_rank=2, lora_lr=2e-3, bits=(4, 3), seed=0)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--toy", action="store_true", help="a seconds-long run of a 2-layer model (for tests)")
-    ap.add_argument("--out", default=str(common.RESULTS), help="folder for the .md/.png/.json results")
-    ap.add_argument("--work", default=None, help="experiment 3's work folder (default: runs/experiments/quant_fragility)")
-    args = ap.parse_args(argv)
-    p = dict(TOY if args.toy else REAL)
+    args = common.parser(__doc__, "a seconds-long run of a 2-layer model (for tests)", seeds=False,
+                         work_help="experiment 3's work folder (default: runs/experiments/quant_fragility)"
+                         ).parse_args(argv)
+    p = common.settings(args, TOY, REAL)
     base_p = e3.TOY if args.toy else e3.REAL
     out = Path(args.out)
     work = common.work_dir(args.work, out, e3.NAME)

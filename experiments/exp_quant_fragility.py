@@ -14,7 +14,6 @@ increase ppl_quantized / ppl_float - 1 at each bit width. Writes quant_fragility
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -54,15 +53,8 @@ def quantized(run_dir: str, bits: int, group: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--toy", action="store_true", help="a seconds-long run of a 2-layer model (for tests)")
-    ap.add_argument("--out", default=str(common.RESULTS), help="folder for the .md/.png/.json results")
-    ap.add_argument("--work", default=None, help="folder for run dirs (default: runs/experiments/NAME)")
-    ap.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
-    args = ap.parse_args(argv)
-    p = dict(TOY if args.toy else REAL)
-    if args.seeds:
-        p["seeds"] = tuple(range(args.seeds))
+    args = common.parser(__doc__, "a seconds-long run of a 2-layer model (for tests)").parse_args(argv)
+    p = common.settings(args, TOY, REAL)
     out = Path(args.out)
     work = common.work_dir(args.work, out, NAME)
     log = common.Clock()

@@ -19,7 +19,6 @@ them). Writes rmsnorm_fused.{md,png,json}.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -150,12 +149,10 @@ def bench_op(shape: tuple[int, int], reps: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--toy", action="store_true", help="a seconds-long run of a 2-layer model (for tests)")
-    ap.add_argument("--out", default=str(common.RESULTS), help="folder for the .md/.png/.json results")
+    ap = common.parser(__doc__, "a seconds-long run of a 2-layer model (for tests)", work_help=None, seeds=False)
     ap.add_argument("--models", nargs="*", default=None, help="model configs, batch 1 (default: tiny_layerwise at batch 1 and 8, openelm_270m at 1)")
     args = ap.parse_args(argv)
-    p = dict(TOY if args.toy else REAL)
+    p = common.settings(args, TOY, REAL)
     if args.models:
         p["models"] = {m: (1,) for m in args.models}
     out = Path(args.out)
