@@ -99,11 +99,15 @@ def flatten(tree, fn=lambda x: x) -> dict[LeafPath, object]:
 def nest(flat: dict[LeafPath, object]) -> dict:
     out: dict = {}
     for path, x in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = x
+        insert(out, path, x)
     return out
+
+
+def insert(tree: dict, path: tuple, value) -> None:
+    """tree[path[0]][path[1]]... = value, creating the dicts on the way."""
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
 
 
 def per_layer(saved: Iterable[LeafPath]) -> bool:
@@ -129,10 +133,7 @@ class ParamWriter:
         array = np.asarray(array)
         if self._batch and self._bytes + array.nbytes > self.batch_bytes:
             self._flush()
-        node = self._batch
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = array
+        insert(self._batch, path, array)
         self._bytes += array.nbytes
         if self._bytes >= self.batch_bytes:
             self._flush()
@@ -194,12 +195,9 @@ class ParamReader:
         ocp = self._ocp
         item: dict = {}
         args: dict = {}
-        node, arg_node = item, args
         keys = self._keys[path]
-        for k in keys[:-1]:
-            node, arg_node = node.setdefault(k, {}), arg_node.setdefault(k, {})
-        node[keys[-1]] = 0
-        arg_node[keys[-1]] = ocp.RestoreArgs(restore_type=np.ndarray)
+        insert(item, keys, 0)
+        insert(args, keys, ocp.RestoreArgs(restore_type=np.ndarray))
         with quiet_absl(), ocp.PyTreeCheckpointer() as ck:
             out = ck.restore(self.item, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
                                                                       partial_restore=True))
