@@ -1,9 +1,22 @@
-"""User-facing errors.
+"""User-facing errors, and the one mapping from any failure to a one-line message.
 
 Anything raised as `JaxlmError` is a problem with the user's input (a config, a path, a
 checkpoint). The CLI prints it as one line and exits with status 2, with no traceback.
-Programming errors stay ordinary exceptions so that they keep their tracebacks.
+Failures raised by libraries on bad input (OSError, a full disk, malformed JSON / YAML,
+a corrupt safetensors or Orbax file) are mapped to one line too (`user_message`).
+`JAXLM_DEBUG=1` shows the traceback instead.
 """
+
+from __future__ import annotations
+
+import errno
+import os
+import traceback
+from pathlib import Path
+
+
+# Libraries whose exceptions on a bad file are plain `Exception`s (Orbax) or their own types.
+LIBRARIES = ("/orbax/", "/tensorstore/", "/safetensors/")
 
 
 class JaxlmError(Exception):
@@ -12,3 +25,76 @@ class JaxlmError(Exception):
 
 class ConfigError(JaxlmError):
     """An invalid configuration value, key or file."""
+
+
+def debug() -> bool:
+    return os.environ.get("JAXLM_DEBUG", "") not in ("", "0")
+
+
+def device_of(path: str | Path) -> str:
+    """'tmpfs /mnt/x' for the filesystem holding `path` (its mount point from /proc/mounts)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, fstype = line.split()[:3]
+            if mnt == str(p):
+                return f"{dev} ({fstype} at {mnt})"
+    except OSError:
+        pass
+    return str(p)
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain (Orbax and tensorstore wrap it in their own errors)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def disk_full(path: str | Path) -> JaxlmError:
+    return JaxlmError(f"no space left on {device_of(path)} while writing {path}; free some space or write the "
+                      f"output elsewhere (nothing was changed)")
+
+
+def os_message(e: OSError, path: str | Path | None = None) -> str:
+    """One line for an OSError, naming the file."""
+    where = e.filename or path
+    if e.errno == errno.ENOSPC:
+        return str(disk_full(where or "the output"))
+    reason = e.strerror or str(e)
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write or read {where}: {reason}; check its permissions or choose another path"
+    return f"{where or 'a file'}: {reason}; check the path"
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one-line message for a failure caused by bad input, or None for a programming error."""
+    import json
+
+    import yaml
+
+    if isinstance(e, JaxlmError):
+        return str(e)
+    if isinstance(e, OSError):
+        return os_message(e)
+    if is_disk_full(e):
+        return f"no space left on the device while writing ({_first_line(e)}); free some space or write elsewhere"
+    if isinstance(e, (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError)):
+        return f"unreadable input ({type(e).__name__}: {_first_line(e)}); fix or replace that file"
+    name = type(e).__name__
+    frames = traceback.extract_tb(e.__traceback__)
+    if name == "SafetensorError" or any(lib in f.filename for f in frames for lib in LIBRARIES):
+        return (f"a checkpoint file could not be read ({name}: {_first_line(e)}); it is corrupt or incomplete: "
+                f"replace it or point to another checkpoint")
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:240] if text else type(e).__name__

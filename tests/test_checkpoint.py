@@ -75,10 +75,12 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(run_222, tmp_path):
     for f in victim.iterdir():
         if f.is_file():
             f.unlink()
-    mtime = os.path.getmtime(bad / "config.yaml")
-    with pytest.raises(JaxlmError, match=r"corrupt or incomplete"):
-        train(tiny_run_config(bad, steps=4), batch_source=token_batches, quiet=True)
-    assert os.path.getmtime(bad / "config.yaml") == mtime and (bad / "checkpoints" / "2").is_dir()
+    with pytest.raises(JaxlmError, match=r"checkpoint step 3 .* is corrupt or incomplete"):
+        load_model(bad)
+    # Resuming falls back to the newest step that loads (2) and keeps the damaged one aside.
+    result = train(tiny_run_config(bad, steps=4), batch_source=token_batches, quiet=True)
+    assert result.step == 4 and min(result.losses) == 3
+    assert (bad / "checkpoints" / "3.corrupt" / "params").is_dir() and (bad / "checkpoints" / "4").is_dir()
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+TOY_CORPUS = Path(__file__).resolve().parent / "data" / "shakespeare_toy"  # a cut of ../shared/data/shakespeare
 
 
 def load(name: str):
@@ -63,11 +64,7 @@ def test_quant_fragility_then_lora_after_quant_toy(out):
 
 
 def test_data_curation_toy(out):
-    import common
-
-    if not (common.SHAKESPEARE / "folio").is_dir():
-        pytest.skip(f"the shakespeare corpus is not at {common.SHAKESPEARE} (../shared beside the checkout)")
-    assert load("exp_data_curation").main(["--toy", "--out", str(out)]) == 0
+    assert load("exp_data_curation").main(["--toy", "--out", str(out), "--data-root", str(TOY_CORPUS)]) == 0
     r = written(out, "data_curation")
     assert set(r["final"]) == {"unfiltered", "filtered", "two_phase", "one_phase"}
     assert r["synthetic"]["samples"] == 4

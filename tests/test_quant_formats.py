@@ -70,6 +70,16 @@ def test_unsupported_bits_or_group_is_a_clear_error(bits, group):
         Scheme(bits, group)
 
 
-def test_group_not_dividing_input_dim_is_a_clear_error():
-    with pytest.raises(JaxlmError, match="does not divide the input dim 96"):
-        formats.quantize(jnp.ones((96, 4)), Scheme(4, 64))
+def test_group_not_dividing_input_dim_falls_back_to_the_largest_that_does():
+    assert Scheme(4, 128).group_for(192) == 64 and Scheme(4, 64).group_for(96) == 32
+    assert Scheme(4, 32).group_for(200) == 200  # no supported group divides 200: per channel
+    w = jax.random.normal(jax.random.key(0), (96, 4))
+    codes, scale, zero = formats.quantize(w, Scheme(4, 64))
+    assert scale.shape == (3, 4)  # groups of 32, recorded by the scale shape
+    back = formats.dequantize(codes, scale, zero, Scheme(4, 64))
+    assert float(jnp.abs(back - w).max()) < float(jnp.abs(w).max()) / 7 + 1e-6
+
+
+def test_input_dim_not_fitting_packed_codes_is_a_clear_error():
+    with pytest.raises(JaxlmError, match="not a multiple of 2"):
+        formats.quantize(jnp.ones((95, 4)), Scheme(4, None))

@@ -5,12 +5,12 @@
                          written a few leaves at a time
     DIR/tokenizer.*      the tokenizer files, when known
 
-Written to DIR.tmp-<pid> and renamed, so DIR is either absent or complete.
+Written through `jaxlm.outputs` (a temporary sibling, renamed when complete), so DIR is either
+absent or complete, and never one of the inputs it was made from.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,28 +24,26 @@ from jaxlm.checkpoint.params_io import (ParamWriter, flatten, layer_leaves, nest
                                         restack)
 from jaxlm.config import RunConfig, from_dict, to_dict
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import output_path
 
 
 def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_files: list[str | Path] = (),
-               overwrite: bool = False) -> Path:
-    """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically."""
+               overwrite: bool = False, inputs: list[str | Path] = ()) -> Path:
+    """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically. `inputs`:
+    the paths the model was read from, which `path` must not overlap."""
     params = flatten(nnx.state(model, nnx.Param).to_pure_dict())
     leaves = ((p, np.asarray(x)) for p, x in layer_leaves(params))  # one layer on the host at a time
-    return write_model_dir(path, run_cfg, leaves, extra_files, overwrite)
+    return write_model_dir(path, run_cfg, leaves, extra_files, overwrite, inputs)
 
 
 def write_model_dir(path: str | Path, run_cfg: RunConfig, leaves: Iterable[tuple[tuple[str, ...], object]],
-                    extra_files: list[str | Path] = (), overwrite: bool = False) -> Path:
+                    extra_files: list[str | Path] = (), overwrite: bool = False,
+                    inputs: list[str | Path] = ()) -> Path:
     """Write a model directory from (leaf path, array) pairs in the per-layer layout (params_io), taken
     one at a time from `leaves` (a generator keeps only a few in memory). `path` is either absent or
     complete afterwards."""
     path = Path(path).absolute()
-    if path.exists() and not overwrite:
-        raise JaxlmError(f"output {path} already exists; choose another path or pass overwrite")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with output_path(path, overwrite=overwrite, inputs=inputs) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
         writer = ParamWriter(tmp / "params")
         writer.put_all(leaves)
@@ -53,12 +51,6 @@ def write_model_dir(path: str | Path, run_cfg: RunConfig, leaves: Iterable[tuple
             writer.close()
         for f in extra_files:
             shutil.copy(f, tmp / Path(f).name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
     return path
 
 
@@ -68,7 +60,12 @@ def read_config(path: str | Path) -> RunConfig:
     if not cfg_file.is_file():
         raise JaxlmError(f"{path} is not a jaxlm model directory (no config.yaml); give a directory written by "
                          f"`jaxlm train` or `jaxlm convert from-hf`")
-    return from_dict(RunConfig, yaml.safe_load(cfg_file.read_text()))
+    try:
+        data = yaml.safe_load(cfg_file.read_text())
+        return from_dict(RunConfig, data if data is not None else {})
+    except (yaml.YAMLError, UnicodeDecodeError, JaxlmError) as e:
+        detail = str(e).splitlines()[0] if isinstance(e, JaxlmError) else f"not valid YAML ({type(e).__name__})"
+        raise JaxlmError(f"{cfg_file}: {detail}; restore the config.yaml this directory was written with") from None
 
 
 def load_model(path: str | Path, run_cfg: RunConfig | None = None,
@@ -82,7 +79,7 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
 
     from jaxlm.checkpoint.locate import locate
     from jaxlm.model import abstract_model
-    from jaxlm.training.checkpointing import check_param_shapes, saved_param_shapes
+    from jaxlm.training.checkpointing import check_param_shapes, corrupt, saved_param_shapes
     from jaxlm.training.state import prepare_model
 
     config_dir, params_dir = locate(path)
@@ -109,6 +106,8 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
                 params = ckptr.restore(params_dir, disk)
             except (ValueError, KeyError) as e:
                 raise JaxlmError(f"weights in {path} do not match its config: {str(e).splitlines()[0]}") from None
+            except Exception as e:  # Orbax and tensorstore raise plain Exceptions on damaged files
+                raise corrupt(params_dir, e) from None
     if layered:
         params = restack(target, flatten(params))
     abstract_state.replace_by_pure_dict(params)

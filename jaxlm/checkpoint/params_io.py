@@ -175,7 +175,7 @@ class ParamReader:
 
         self.item = params_item(params_dir)
         self._ocp = ocp
-        with quiet_absl(), ocp.PyTreeCheckpointer() as ck:
+        with _readable(self.item), quiet_absl(), ocp.PyTreeCheckpointer() as ck:
             meta = ck.metadata(self.item).item_metadata
         self._keys: dict[LeafPath, tuple] = {}
         self._meta: dict[LeafPath, object] = {}
@@ -188,6 +188,10 @@ class ParamReader:
             self._keys[name] = keys
             self._meta[name] = leaf
             self.shapes[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
+        if not self.shapes:  # e.g. manifest.ocdbt deleted: Orbax reads an empty tree
+            from jaxlm.training.checkpointing import corrupt
+
+            raise corrupt(self.item, None)
         self._stores: dict[LeafPath, object] = {}
 
     def read(self, path: LeafPath) -> np.ndarray:
@@ -198,7 +202,7 @@ class ParamReader:
         keys = self._keys[path]
         insert(item, keys, 0)
         insert(args, keys, ocp.RestoreArgs(restore_type=np.ndarray))
-        with quiet_absl(), ocp.PyTreeCheckpointer() as ck:
+        with _readable(self.item), quiet_absl(), ocp.PyTreeCheckpointer() as ck:
             out = ck.restore(self.item, args=ocp.args.PyTreeRestore(item=item, restore_args=args,
                                                                       partial_restore=True))
         for k in keys:
@@ -218,9 +222,10 @@ class ParamReader:
         otherwise the whole leaf (an older or differently chunked checkpoint)."""
         if not self.layer_chunked(path):
             return self.read(path)[layer]
-        store = self._stores.get(path) or self._open(path)
-        self._stores = {path: store}  # keep only the leaf being read open
-        return np.asarray(store[layer].read().result())
+        with _readable(self.item):
+            store = self._stores.get(path) or self._open(path)
+            self._stores = {path: store}  # keep only the leaf being read open
+            return np.asarray(store[layer].read().result())
 
     def _open(self, path: LeafPath):
         import tensorstore as ts
@@ -235,12 +240,26 @@ class ParamReader:
 
 
 @contextlib.contextmanager
+def _readable(item: Path):
+    """Orbax and tensorstore raise plain Exceptions on damaged files: one JaxlmError naming them."""
+    from jaxlm.errors import JaxlmError
+    from jaxlm.training.checkpointing import corrupt
+
+    try:
+        yield
+    except JaxlmError:
+        raise
+    except Exception as e:
+        raise corrupt(item, e) from None
+
+
+@contextlib.contextmanager
 def quiet_absl():
     """Orbax warns that an item folder has no top-level metadata file (a CheckpointManager item, or
     the partial-save layout's state/); it reads fine."""
     logger = logging.getLogger("absl")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(max(level, logging.ERROR))  # never louder than the caller (the CLI: CRITICAL)
     try:
         yield
     finally:

@@ -30,6 +30,14 @@ def run_stats(args) -> int:
     seq_len = args.seq_len or cfg.model.max_context
     srcs = data.sources if args.split == "train" else data.validation
     st = pass_stats(data, tok, srcs, seq_len=seq_len, batch_size=args.batch_size, max_batches=args.max_batches)
+    drops = {k: v for k, v in sorted(st.items()) if k.startswith("dropped_") or k in (
+        "empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field", "truncated_tokens")}
+    if not st.get("documents", 0):
+        from jaxlm.errors import JaxlmError
+
+        why = ", ".join(f"{k} {v:,}" for k, v in drops.items()) or "the files hold no text"
+        raise JaxlmError(f"no documents kept from {', '.join(str(s.path) for s in srcs)} (dropped / skipped: {why}); "
+                         f"fix the data (UTF-8 text, JSONL or Parquet) or loosen data.filters")
     print(f"tokenizer: {data.tokenizer} ({tok.kind}, {tok.vocab_size} ids; model vocab {cfg.model.vocab_size})")
     print(f"{args.split} sources: {', '.join(f'{s.label} ({s.path})' for s in srcs)}; mode {data.mode}, "
           f"seq_len {seq_len}, filters {data.filters.preset} {data.filters.resolved()}")
@@ -38,8 +46,6 @@ def run_stats(args) -> int:
             print(f"  {label}: {c.get('documents', 0):,} documents, {c.get('tokens', 0):,} tokens")
     print(f"documents kept: {st.get('documents', 0):,}")
     print(f"tokens kept (with bos/eos): {st.get('tokens', 0):,}")
-    drops = {k: v for k, v in sorted(st.items()) if k.startswith("dropped_") or k in (
-        "empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field", "truncated_tokens")}
     print("dropped / skipped: " + (", ".join(f"{k} {v:,}" for k, v in drops.items()) or "none"))
     pad = 1 - st["input_tokens"] / max(st["positions"], 1)
     print(f"batches {st['batches']:,} of {args.batch_size}x{seq_len}: {st['input_tokens']:,} input tokens, "

@@ -42,12 +42,16 @@ def run_merge(args) -> int:
     from jaxlm.quant.config import QuantConfig
     from jaxlm.quant.model import dequantize_model
 
+    from jaxlm.outputs import check_output
+
+    check_output(args.out, overwrite=args.overwrite, inputs=[args.ckpt, locate(args.ckpt)[0]])  # before loading
     run_cfg, model = _load_lora(args.ckpt)
     merge_lora(model)
     dequantize_model(model)  # a merged quantized base becomes a plain float model
     new_cfg = dataclasses.replace(run_cfg, lora=LoraConfig(), quant=QuantConfig())
-    out = save_model(args.out, new_cfg, model, extra_files=tokenizer_files(locate(args.ckpt)[0]),
-                     overwrite=args.overwrite)
+    config_dir = locate(args.ckpt)[0]
+    out = save_model(args.out, new_cfg, model, extra_files=tokenizer_files(config_dir), overwrite=args.overwrite,
+                     inputs=[args.ckpt, config_dir])
     print(f"wrote merged model {Path(out)}")
     return 0
 
@@ -55,7 +59,13 @@ def run_merge(args) -> int:
 def run_export(args) -> int:
     from jaxlm.lora.peft import export_peft
 
+    from jaxlm.checkpoint.locate import locate
+    from jaxlm.outputs import check_output
+
+    inputs = [args.ckpt, locate(args.ckpt)[0]]
+    check_output(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
     run_cfg, model = _load_lora(args.ckpt)
-    out = export_peft(model, run_cfg.lora, args.out, base_model=args.base_model, overwrite=args.overwrite)
+    out = export_peft(model, run_cfg.lora, args.out, base_model=args.base_model, overwrite=args.overwrite,
+                      inputs=inputs)
     print(f"wrote PEFT adapter {out}")
     return 0

@@ -1,16 +1,21 @@
 """`jaxlm` console entry point: a thin dispatcher over one module per subcommand.
 
 Each module in COMMANDS defines `register(subparsers)`, which adds its parser and sets
-`func`. A JaxlmError anywhere becomes a one-line message and exit status 2.
+`func`. Every failure on bad input (a JaxlmError, or a library's error on a bad file or a full
+disk: `jaxlm.errors.user_message`) becomes one line on stderr and exit status 2; any other
+exception is a bug, one line and exit status 1. `JAXLM_DEBUG=1` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
+import threading
 
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import debug, user_message
 
 COMMANDS = [
     "jaxlm.cli.model_info",
@@ -38,12 +43,38 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except JaxlmError as e:
-        print(f"jaxlm {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        if debug():
+            raise
+        message = user_message(e)
+        if message is None:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"jaxlm {args.command}: internal error: {type(e).__name__}: {first}; rerun with JAXLM_DEBUG=1 "
+                  f"for the traceback and report it", file=sys.stderr)
+            return 1
+        print(f"jaxlm {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def cli() -> None:
+    """The `jaxlm` console script. Library threads stay quiet (their failures reach the main thread
+    as exceptions, mapped to one line by `main`); after a failure the process ends at once, so that
+    no background thread of Orbax or tensorstore prints at interpreter exit."""
+    if not debug():
+        threading.excepthook = lambda args: None
+        sys.unraisablehook = lambda args: None  # e.g. tensorstore callbacks into Orbax's closed event loop
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        if not debug():  # the one line is out; a dying library thread may still write
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        os._exit(code)
+    sys.exit(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -39,9 +39,11 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from jaxlm.outputs import check_output, output_path
+
     records = read_metrics(Path(run_dir))
-    out = Path(out) if out else Path(run_dir) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    # Plots are redrawn on every call (overwrite), but never over the metrics they come from.
+    out = check_output(out or Path(run_dir) / "plots", overwrite=True, inputs=[Path(run_dir) / "metrics.jsonl"])
     steps = [r["step"] for r in records]
     written = []
     panels = [("loss.png", [("loss", "loss")], "loss (nats/token)"),
@@ -58,10 +60,11 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
             ax2.plot(steps, [100 * (r.get("mfu") or float("nan")) for r in records], color="tab:orange")
             ax2.set_ylabel("MFU (%)")
         fig.tight_layout()
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(out / name)
+        try:
+            with output_path(out / name, overwrite=True, folder=False) as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
+        finally:
+            plt.close(fig)
         written.append(out / name)
     return written
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,7 +20,8 @@ import yaml
 
 from jaxlm.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Shipped inside the package (so a wheel has them); the repository's top-level configs/ links here.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -163,14 +165,19 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None:
             raise ConfigError(f"{path} must be a number, got {value!r}")
-        return float(value)
+        if not math.isfinite(number):  # a nan learning rate would only fail mid-run
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string, got {value!r}")

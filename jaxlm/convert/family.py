@@ -38,7 +38,7 @@ def family_for_hf(hf_config: dict) -> Family:
     """The adapter for an HF config.json, from its model_type."""
     known = families()
     model_type = hf_config.get("model_type")
-    if model_type not in known:
+    if not isinstance(model_type, str) or model_type not in known:
         raise JaxlmError(f"unsupported model_type {model_type!r} in config.json; supported: {', '.join(known)}")
     return known[model_type]
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.convert import hf_io, outputs
+from jaxlm import outputs
+from jaxlm.convert import hf_io
 from jaxlm.convert.family import Family, family_for_hf
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.convert.to_hf import DTYPES
@@ -25,8 +26,15 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, al
     hf_dir = Path(hf_dir)
     hf_config = hf_io.read_config(hf_dir)
     family = family_for_hf(hf_config)
-    section = family.config_from_hf(hf_config)
-    out = outputs.check_output(Path(out), overwrite)
+    try:
+        section = family.config_from_hf(hf_config)
+    except KeyError as e:
+        raise JaxlmError(f"{hf_dir / 'config.json'} lacks the key {e.args[0]!r} that the {family.model_type} "
+                         f"layout needs; use the config.json saved with the weights") from None
+    except (TypeError, ValueError, IndexError, AttributeError) as e:
+        raise JaxlmError(f"{hf_dir / 'config.json'} has a value of the wrong type ({e}); use the config.json "
+                         f"saved with the weights") from None
+    out = outputs.check_output(out, overwrite=overwrite, inputs=[hf_dir])
     reader = hf_io.HFReader(hf_dir, allow_pickle=allow_pickle)
     if dtype is not None and dtype not in DTYPES:
         raise JaxlmError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -35,13 +43,16 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, al
     dtype = dtype or {v: k for k, v in DTYPES.items()}.get(saved, "float32")
     # The family leads the name, so that `to_hf` picks the same layout again (e.g. phi3_Phi-3-mini-4k).
     section.update(name=f"{family.model_type}_{hf_dir.absolute().name}", param_dtype=dtype, compute_dtype=dtype)
-    run_cfg = from_dict(RunConfig, {"model": section})
+    try:
+        run_cfg = from_dict(RunConfig, {"model": section})
+    except JaxlmError as e:
+        raise JaxlmError(f"{hf_dir / 'config.json'} describes an invalid model: {e}") from None
     cfg = run_cfg.model
     plan = make_plan(family, cfg)
     _check_tensors(reader, plan, family, cfg.tie_embeddings)
     with tempfile.TemporaryDirectory() as tok_dir:
         write_model_dir(out, run_cfg, _leaves(reader, plan, DTYPES[dtype]), _tokenizer_files(hf_dir, Path(tok_dir)),
-                        overwrite=True)
+                        overwrite=True, inputs=[hf_dir])
     return out
 
 

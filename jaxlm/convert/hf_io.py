@@ -9,6 +9,7 @@ Reading uses the library (`safe_open`, memory-mapped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -35,9 +36,25 @@ def read_config(hf_dir: Path) -> dict:
     if not path.is_file():
         raise JaxlmError(f"{hf_dir} has no config.json; give a Hugging Face model folder (save_pretrained output)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise JaxlmError(f"{path} is not valid JSON: {e}") from None
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise JaxlmError(f"{path} is not valid JSON ({e}); restore the config.json saved with the weights") from None
+    if not isinstance(config, dict):
+        raise JaxlmError(f"{path} must hold a JSON object; restore the config.json saved with the weights")
+    return config
+
+
+@contextlib.contextmanager
+def reading(path: Path, what: str = "safetensors weights file"):
+    """A damaged weights file (SafetensorError, torch's errors, a bad index) -> one JaxlmError naming it."""
+    try:
+        yield
+    except JaxlmError:
+        raise
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise JaxlmError(f"{path} is not a readable {what} ({detail}); it is truncated or damaged: "
+                         f"download or convert it again") from None
 
 
 class HFReader:
@@ -48,8 +65,9 @@ class HFReader:
         self._torch: dict[str, object] | None = None
         st_files = sorted(hf_dir.glob("*.safetensors"))
         if (hf_dir / INDEX).is_file():
-            weight_map = json.loads((hf_dir / INDEX).read_text())["weight_map"]
-            self._where = {k: hf_dir / f for k, f in weight_map.items()}
+            with reading(hf_dir / INDEX, "shard index (JSON with a weight_map)"):
+                weight_map = json.loads((hf_dir / INDEX).read_text())["weight_map"]
+                self._where = {str(k): hf_dir / str(f) for k, f in weight_map.items()}
         elif st_files:
             self._where = {}
             for f in st_files:
@@ -70,11 +88,13 @@ class HFReader:
             raise JaxlmError(f"{INDEX} names shard files that are missing: {', '.join(p.name for p in missing)}")
 
     @staticmethod
+    @contextlib.contextmanager
     def _open(path: Path):
         """A fresh memory map per call: pages of tensors already converted are not kept mapped."""
         from safetensors import safe_open
 
-        return safe_open(str(path), framework="np")
+        with reading(path), safe_open(str(path), framework="np") as f:
+            yield f
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -104,7 +124,16 @@ def _load_pickles(paths: list[Path]) -> dict:
 
     tensors = {}
     for p in paths:
-        tensors.update(torch.load(p, map_location="cpu", weights_only=True, mmap=True))
+        try:
+            loaded = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # weights_only refuses objects other than tensors (UnpicklingError)
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise JaxlmError(f"refused: {p} is not a plain tensor file ({detail}); convert a trusted copy to "
+                             f"safetensors") from None
+        if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+            raise JaxlmError(f"refused: {p} is not a plain tensor file (not a dict of tensors); convert a trusted "
+                             f"copy to safetensors")
+        tensors.update(loaded)
     return tensors
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from itertools import groupby
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import ml_dtypes
 import numpy as np
 
 from jaxlm.checkpoint.params_io import ParamReader, per_layer
-from jaxlm.convert import hf_io, outputs
+from jaxlm import outputs
+from jaxlm.convert import hf_io
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.errors import JaxlmError
@@ -35,7 +35,7 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     cfg = read_config(config_dir).model
     family = family_for_model(cfg, fmt)
     hf_config = family.config_to_hf(cfg)
-    out = outputs.check_output(Path(out), overwrite)
+    out = outputs.check_output(out, overwrite=overwrite, inputs=[src, config_dir])
     plan = make_plan(family, cfg)
     reader = ParamReader(params_dir)
     layered = per_layer(reader.shapes)
@@ -44,41 +44,38 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     if dtype is not None and dtype not in DTYPES:
         raise JaxlmError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     out_dtype = DTYPES[dtype] if dtype else saved.pop() if len(saved) == 1 else np.dtype(np.float32)
-    tmp = outputs.temp_sibling(out, "tmp")
-    tmp.mkdir(parents=True)
     writer = None
-    try:
-        entries = [(n, s, out_dtype) for it in plan for n, s in zip(it.hf_names, it.hf_shapes)]
-        writer = hf_io.ShardedWriter(tmp, entries, hf_io.parse_size(max_shard_size))
-        for path, items in groupby(sorted(plan, key=lambda it: it.jax_path), key=lambda it: it.jax_path):
-            items = list(items)
-            # A model dir holds each layer as its own leaf; a training checkpoint holds a group's layers
-            # stacked, read one layer at a time where it is stored one layer per chunk, else whole once.
-            per_leaf = layered or items[0].layer is None or reader.layer_chunked(path)
-            whole = None if per_leaf else reader.read(path)
-            for it in items:
-                if whole is not None:
-                    x = whole[it.layer]
-                elif layered or it.layer is None:
-                    x = reader.read(saved_path(it, layered))
-                else:
-                    x = reader.read_layer(path, it.layer)
-                for name, t in zip(it.hf_names, it.rule.transform.to_hf(x)):
-                    writer.write(name, t.astype(out_dtype, copy=False))
-                del x
-            del whole
-        writer.close()
+    with outputs.output_path(out, checked=True) as tmp:
+        try:
+            entries = [(n, s, out_dtype) for it in plan for n, s in zip(it.hf_names, it.hf_shapes)]
+            writer = hf_io.ShardedWriter(tmp, entries, hf_io.parse_size(max_shard_size))
+            for path, items in groupby(sorted(plan, key=lambda it: it.jax_path), key=lambda it: it.jax_path):
+                items = list(items)
+                # A model dir holds each layer as its own leaf; a training checkpoint holds a group's layers
+                # stacked, read one layer at a time where it is stored one layer per chunk, else whole once.
+                per_leaf = layered or items[0].layer is None or reader.layer_chunked(path)
+                whole = None if per_leaf else reader.read(path)
+                for it in items:
+                    if whole is not None:
+                        x = whole[it.layer]
+                    elif layered or it.layer is None:
+                        x = reader.read(saved_path(it, layered))
+                    else:
+                        x = reader.read_layer(path, it.layer)
+                    for name, t in zip(it.hf_names, it.rule.transform.to_hf(x)):
+                        writer.write(name, t.astype(out_dtype, copy=False))
+                    del x
+                del whole
+            writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         hf_config["torch_dtype"] = hf_config["dtype"] = {v: k for k, v in DTYPES.items()}[out_dtype]
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}, indent=2))
         _write_tokenizer(config_dir, tmp)
-        outputs.publish(tmp, out)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ def pass_stats(data_cfg: DataConfig, tokenizer: Tokenizer, srcs: tuple[SourceCon
     """Run the pipeline once over `srcs` (unshuffled); counters plus rows, padding and tokens/s."""
     from jaxlm.data.pipeline import make_eval_iterator
 
+    data_cfg = dataclasses.replace(data_cfg, prefetch=0)  # counters exact at the end of the pass
     it = make_eval_iterator(data_cfg, tokenizer, seq_len=seq_len, batch_size=batch_size, sources_=srcs)
     start = time.perf_counter()
     batches = real = masked = 0

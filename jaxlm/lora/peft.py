@@ -10,13 +10,12 @@ goes to q_proj, k_proj and v_proj, and B is split into q / k / v rows like the b
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import check_output, output_path
 from jaxlm.lora.adapters import LoraWeight, lora_weights
 from jaxlm.lora.config import TARGETS, LoraConfig
 
@@ -52,13 +51,13 @@ def peft_tensors(model, family=None) -> tuple[dict[str, np.ndarray], list[str]]:
     return tensors, sorted(modules)
 
 
-def export_peft(model, lora_cfg: LoraConfig, out: str | Path, base_model: str = "", overwrite: bool = False) -> Path:
-    """Write out/adapter_config.json and out/adapter_model.safetensors (atomically: temp dir + rename)."""
+def export_peft(model, lora_cfg: LoraConfig, out: str | Path, base_model: str = "", overwrite: bool = False,
+                inputs: list[str | Path] = ()) -> Path:
+    """Write out/adapter_config.json and out/adapter_model.safetensors (atomically: temp dir + rename);
+    `out` must not overlap `inputs` (the run the adapters come from)."""
     from safetensors.numpy import save_file
 
-    out = Path(out).absolute()
-    if out.exists() and not overwrite:
-        raise JaxlmError(f"output {out} already exists; choose another path or pass --overwrite")
+    out = check_output(out, overwrite=overwrite, inputs=inputs)
     tensors, modules = peft_tensors(model)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model or None,
@@ -66,12 +65,7 @@ def export_peft(model, lora_cfg: LoraConfig, out: str | Path, base_model: str = 
         "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "use_rslora": False,
         "init_lora_weights": True, "modules_to_save": None,
     }
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with output_path(out, checked=True) as tmp:
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     return out

@@ -26,13 +26,13 @@ def quantize_checkpoint(src: str | Path, out: str | Path, qcfg: QuantConfig, cal
     """Load `src` (model dir or run dir), quantize with `qcfg` (RTN or GPTQ), write the model dir `out`."""
     from jaxlm.checkpoint import load_model, save_model
     from jaxlm.checkpoint.locate import locate
+    from jaxlm.outputs import check_output
 
     if not qcfg.enabled:
         raise JaxlmError("nothing to quantize: bits is 16 and embed_bits is 16; choose --bits 8, 4, 3 or 2")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise JaxlmError(f"output {out} already exists; choose another path or pass --overwrite")
     config_dir, _ = locate(src)
+    inputs = [src, config_dir]
+    out = check_output(out, overwrite=overwrite, inputs=inputs)
     run_cfg, model = load_model(src)
     if run_cfg.quant.enabled:
         raise JaxlmError(f"{src} is already quantized ({run_cfg.quant.bits}-bit); quantize the original "
@@ -53,4 +53,5 @@ def quantize_checkpoint(src: str | Path, out: str | Path, qcfg: QuantConfig, cal
         quantize_fn = gptq_quantize_fn(collect_hessians(model, batches), qcfg.damp)
     quantize_model(model, qcfg, quantize_fn)
     new_cfg = dataclasses.replace(run_cfg, quant=qcfg)
-    return save_model(out, new_cfg, model, extra_files=tokenizer_files(config_dir), overwrite=overwrite)
+    return save_model(out, new_cfg, model, extra_files=tokenizer_files(config_dir), overwrite=overwrite,
+                      inputs=inputs)

@@ -53,22 +53,23 @@ class Scheme:
         """Largest unsigned code."""
         return 2 ** self.bits - 1
 
-    def check_divides(self, k: int, what: str = "weight") -> int:
-        """The group size actually used for an input dim of size k (raises if it does not divide k)."""
-        g = self.group_size or k
-        if k % g:
-            raise JaxlmError(f"group size {g} does not divide the input dim {k} of {what}; choose a group size "
-                             f"dividing {k} (e.g. 32 or 64) or none for per-channel scales")
+    def group_for(self, k: int, what: str = "weight") -> int:
+        """The group size used for an input dim of size k: group_size when it divides k, otherwise the
+        largest supported size below it that does (e.g. 64 for k = 192 at group 128), otherwise k
+        (per channel). The scale shapes record it, so a saved model needs nothing else."""
         if k % PER_BYTE[self.bits]:
             raise JaxlmError(f"input dim {k} of {what} is not a multiple of {PER_BYTE[self.bits]} "
                              f"({self.bits}-bit codes are packed {PER_BYTE[self.bits]} per byte)")
+        g = self.group_size or k
+        if k % g:
+            g = next((s for s in sorted((s for s in SUPPORTED_GROUPS if s), reverse=True) if s < g and k % s == 0), k)
         return g
 
 
 def group_params(w, scheme: Scheme):
     """w (..., K, N) float -> (scale (..., K/g, N) in scale_dtype(bits), zero (..., K/g, N) uint8 or None)."""
     k = w.shape[-2]
-    g = scheme.check_divides(k)
+    g = scheme.group_for(k)
     wg = w.astype(jnp.float32).reshape(w.shape[:-2] + (k // g, g, w.shape[-1]))
     if scheme.symmetric:
         half = 2 ** (scheme.bits - 1) - 1

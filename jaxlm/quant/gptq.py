@@ -82,7 +82,7 @@ def gptq_matrix(w: np.ndarray, hessian: np.ndarray, scheme: Scheme, damp: float 
     """w (K, N), hessian (K, K) -> (codes (K, N) uint8 unpacked, scale (K/g, N) f16, zero or None)."""
     w = np.array(w, np.float64)  # (K, N): row k is input k
     k_dim, n_dim = w.shape
-    g = scheme.check_divides(k_dim)
+    g = scheme.group_for(k_dim)
     h = np.array(hessian, np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
@@ -125,7 +125,7 @@ def gptq_quantize_fn(hessians: dict, damp: float = 0.01):
 
     def quantize_fn(gi, name, w, scheme: Scheme, dims):
         mat, in_shape, out_shape = to_matrix(w, *dims)  # (L, K, N)
-        scheme.check_divides(mat.shape[-2], f"group {gi} {name}")
+        scheme.group_for(mat.shape[-2], f"group {gi} {name}")
         h = hessians[(gi, name)]
         parts = [gptq_matrix(np.asarray(mat[l]), h[l], scheme, damp) for l in range(mat.shape[0])]
         codes = formats.pack(jnp.asarray(np.stack([p[0] for p in parts])), scheme.bits)

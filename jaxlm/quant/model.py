@@ -17,6 +17,7 @@ from flax import nnx
 
 from jaxlm.errors import JaxlmError
 from jaxlm.quant.config import QuantConfig
+from jaxlm.quant import formats
 from jaxlm.quant.formats import Scheme
 from jaxlm.quant.qweight import QuantizedWeight
 
@@ -91,7 +92,8 @@ def dequantize_model(model):
 
 
 def check_scheme(model, qcfg: QuantConfig) -> None:
-    """Raise a JaxlmError naming the first weight whose input dim the group size does not divide."""
+    """Raise a JaxlmError naming the first weight that cannot be quantized (LoRA-wrapped, or an input dim
+    the packed codes do not fit)."""
     if qcfg.bits < 16:
         scheme = linear_scheme(qcfg)
         for gi, name, parent, attr, (n_in, n_out) in block_weights(model):
@@ -100,7 +102,7 @@ def check_scheme(model, qcfg: QuantConfig) -> None:
                 raise JaxlmError(f"cannot quantize {name}: it is a {type(w).__name__} (merge LoRA adapters first "
                                  f"with `jaxlm lora merge`)")
             shape = w.shape
-            scheme.check_divides(math.prod(shape[len(shape) - n_in - n_out:len(shape) - n_out]), f"group {gi} {name}")
+            scheme.group_for(math.prod(shape[len(shape) - n_in - n_out:len(shape) - n_out]), f"group {gi} {name}")
 
 
 def abstract_quantized(model_cfg, qcfg: QuantConfig):
@@ -133,11 +135,31 @@ def storage_report(model) -> dict:
                 bytes_per_param=all_bytes / total_params)
 
 
+def group_sizes(model) -> dict[str, int]:
+    """Input rows per scale actually used by each quantized weight (name -> group), from its shapes."""
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, QuantizedWeight):
+            out[".".join(str(p) for p in path)] = node.codes.shape[-2] * formats.PER_BYTE[node.bits] // node.scale.shape[-2]
+    return out
+
+
 def describe_storage(run_cfg, ckpt_dir=None) -> str:
     """Lines for `jaxlm model-info`: bytes of the quantized model (from shapes; on disk too if ckpt_dir)."""
     q = run_cfg.quant
-    rep = storage_report(abstract_quantized(run_cfg.model, q))
+    model = abstract_quantized(run_cfg.model, q)
+    rep = storage_report(model)
     group = f"group {q.group_size}" if q.group_size else "per channel"
+    if q.group_size and q.bits < 16:
+        other = {name: g for name, g in group_sizes(model).items() if g != q.group_size and "embed" not in name
+                 and "lm_head" not in name}
+        if other:
+            by_group = {}
+            for name, g in other.items():
+                by_group.setdefault(g, []).append(name)
+            group += " (" + "; ".join(f"group {g} for {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                                      for g, names in sorted(by_group.items())) + f": {q.group_size} does not divide " \
+                                                                                   f"their input dim)"
     lines = [f"quantized: {q.bits}-bit {group} {'symmetric' if q.symmetric else 'asymmetric'} ({q.method}), "
              f"embeddings {q.embed_bits}-bit",
              f"  {rep['quantized_weights']:,} quantized weights in {rep['quantized_bytes']:,} bytes = "

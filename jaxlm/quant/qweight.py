@@ -47,7 +47,7 @@ class QuantizedWeight(nnx.Module):
         if isinstance(w, jax.ShapeDtypeStruct):  # abstract model: shapes only, by arithmetic
             return cls.abstract(w.shape, w.dtype, scheme, n_in, n_out, transposed, name)
         mat, in_shape, out_shape = to_matrix(w, n_in, n_out, transposed)
-        scheme.check_divides(mat.shape[-2], name)
+        scheme.group_for(mat.shape[-2], name)
         codes, scale, zero = formats.quantize(mat, scheme)
         return cls(codes, scale, zero, scheme, in_shape, out_shape, w.dtype, transposed)
 
@@ -59,7 +59,7 @@ class QuantizedWeight(nnx.Module):
         inner = tuple(shape[len(lead):])
         out_shape, in_shape = (inner[:n_out], inner[n_out:]) if transposed else (inner[n_in:], inner[:n_in])
         k, n = math.prod(in_shape), math.prod(out_shape)
-        g = scheme.check_divides(k, name)
+        g = scheme.group_for(k, name)
         sds = jax.ShapeDtypeStruct
         codes = sds(lead + (k // formats.PER_BYTE[scheme.bits], n), jnp.uint8)
         scale = sds(lead + (k // g, n), formats.scale_dtype(scheme.bits))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -76,10 +75,6 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode([int(i) for i in ids])
 
     def save(self, directory: str | Path) -> list[Path]:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        out = directory / FILE_NAME
-        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(self._proto)
-        os.replace(tmp, out)
-        return [out]
+        from jaxlm.outputs import write_file
+
+        return [write_file(Path(directory) / FILE_NAME, self._proto)]

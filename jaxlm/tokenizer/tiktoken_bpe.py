@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from pathlib import Path
 from typing import Sequence
@@ -140,21 +139,15 @@ class TiktokenTokenizer(Tokenizer):
         return self._enc.decode([int(i) for i in ids])
 
     def save(self, directory: str | Path) -> list[Path]:
+        from jaxlm.outputs import write_file
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         ranks = "".join(f"{base64.b64encode(tok).decode()} {rank}\n"
                         for tok, rank in sorted(self._ranks.items(), key=lambda kv: kv[1]))
         sidecar = json.dumps({"kind": self.kind, "pattern": self._pattern, "special_tokens": self._specials,
                               "bos_token": self._bos_token, "eos_token": self._eos_token,
                               "pad_token": self._pad_token}, indent=1)
-        paths = []
-        for name, text in ((RANKS_FILE, ranks), (SIDECAR_FILE, sidecar)):
-            out = directory / name
-            tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, out)
-            paths.append(out)
-        return paths
+        return [write_file(directory / name, text) for name, text in ((RANKS_FILE, ranks), (SIDECAR_FILE, sidecar))]
 
 
 def _slices(text: str):

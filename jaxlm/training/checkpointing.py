@@ -56,10 +56,8 @@ class RunCheckpoints:
                                   opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore())
         try:
             out = self.manager.restore(step, args=args)
-        except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-            raise JaxlmError(f"checkpoint {self.directory / str(step)} is corrupt or incomplete "
-                             f"({str(e).splitlines()[0][:200]}); delete that step folder to resume from an "
-                             f"earlier one") from None
+        except Exception as e:  # Orbax and tensorstore raise plain Exceptions on damaged files
+            raise corrupt(self.directory / str(step), e) from None
         return out["params"], out["opt_state"], out["meta"]
 
     def param_shapes(self, step: int) -> dict:
@@ -72,6 +70,17 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def abandon(self) -> None:
+        """After a failure: end the manager without raising again, and remove unfinished saves."""
+        import shutil
+
+        try:
+            self.close()
+        except Exception:  # the save that failed reports again here
+            pass
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _layer_chunked(params):
@@ -93,17 +102,30 @@ def saved_param_shapes(params_dir: Path) -> dict:
     try:
         with ocp.StandardCheckpointer() as ckptr:
             meta = ckptr.metadata(params_dir)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-        raise JaxlmError(f"checkpoint {params_dir} is corrupt or incomplete ({str(e).splitlines()[0][:200]}); "
-                         f"delete it or point to another checkpoint") from None
+    except Exception as e:  # Orbax and tensorstore raise plain Exceptions on damaged files
+        raise corrupt(params_dir, e) from None
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
     flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
     shapes = {_path_str(p): tuple(x.shape) for p, x in flat if x is not None}
     if not shapes:
-        raise JaxlmError(f"checkpoint {params_dir} is corrupt or incomplete (no array metadata); delete it or "
-                         f"point to another checkpoint")
+        raise corrupt(params_dir, None)
     return shapes
+
+
+class CorruptCheckpoint(JaxlmError):
+    """A checkpoint whose files are damaged or missing (the trainer falls back to an earlier step)."""
+
+
+def corrupt(path: Path, error: Exception | None) -> CorruptCheckpoint:
+    """One line naming the step (when `path` is in RUN_DIR/checkpoints), the file and the fix."""
+    path = Path(path)
+    step_dir = next((p for p in (path, *path.parents) if p.parent.name == "checkpoints" and p.name.isdigit()), None)
+    what = f"checkpoint step {step_dir.name} ({path})" if step_dir else f"checkpoint {path}"
+    detail = "no array metadata: manifest.ocdbt or _METADATA is missing" if error is None else \
+        (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    fix = f"delete {step_dir} to use an earlier step" if step_dir else "restore it or point to another checkpoint"
+    return CorruptCheckpoint(f"{what} is corrupt or incomplete ({detail}); {fix}")
 
 
 def check_param_shapes(saved: dict, abstract_params, where: str) -> None:

@@ -57,7 +57,9 @@ class MetricsLogger:
 
         self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")
         self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True)
+        # The bar only on a terminal (disable=None): in a log file it is noise; the step lines still print.
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=True,
+                        disable=None)
 
     def advance(self, n: int = 1) -> None:
         if self.enabled:

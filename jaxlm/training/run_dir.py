@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from jaxlm.config import to_dict
+from jaxlm.outputs import write_file
 
 DEFAULT_TOKENIZER = "bundled:tokenizer"
 
@@ -27,17 +26,8 @@ def load_run_tokenizer(run_cfg):
 
 def write_run_files(run_dir: Path, run_cfg, tokenizer) -> None:
     """RUN_DIR/config.yaml and the tokenizer's files; each written to a temporary name, then renamed."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / "config.yaml", yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
+    write_file(run_dir / "config.yaml", yaml.safe_dump(to_dict(run_cfg), sort_keys=False))
     if tokenizer is not None and hasattr(tokenizer, "save"):
-        with tempfile.TemporaryDirectory(dir=run_dir, prefix=".tokenizer.tmp-") as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # the tokenizer's own bytes, then one atomic write each
             for f in tokenizer.save(tmp):
-                os.replace(Path(f), run_dir / Path(f).name)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
+                write_file(run_dir / Path(f).name, Path(f).read_bytes())

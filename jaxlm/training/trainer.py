@@ -2,8 +2,10 @@
 
     result = train(run_cfg)            # reads text through jaxlm.data, writes train.out_dir
 
-Every check that can fail on bad input (mesh vs devices, batch vs mesh, checkpoint vs config, data)
-runs before anything is written to the run directory. Only process 0 writes logs and files;
+Every check that can fail on bad input (mesh vs devices, batch vs mesh, checkpoint vs config, data:
+the first batch is read before anything else) runs before anything is written to the run directory.
+A resume whose newest checkpoint is damaged falls back to the newest step that loads, with a
+warning (the damaged step is kept aside as `<step>.corrupt`). Only process 0 writes logs and files;
 every process takes part in checkpoint saves (each writes its own shards).
 """
 
@@ -20,15 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.checkpoint.locate import finished_steps
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
 from jaxlm.model import build_model, flops
 from jaxlm.quant import abstract_base_model, quantize_model
 from jaxlm.parallel import distributed, make_mesh, param_shardings, rules
 from jaxlm.training import run_dir as rd
-from jaxlm.training.checkpointing import RunCheckpoints
+from jaxlm.training.checkpointing import CorruptCheckpoint, RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
-from jaxlm.training.state import drop_like, logical_axes, merge_trees, prepare_model, split_model, take_like
+from jaxlm.training.state import (drop_like, lora_enabled, logical_axes, merge_trees, prepare_model, split_model,
+                                  take_like)
 from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
 
 
@@ -50,6 +53,10 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
     devices: the devices of the mesh (default: all of them).
     """
     tc, mc = run_cfg.train, run_cfg.mesh
+    if run_cfg.quant.enabled and not lora_enabled(run_cfg):
+        raise ConfigError(f"quant.bits={run_cfg.quant.bits} / quant.embed_bits={run_cfg.quant.embed_bits}: a quantized "
+                          f"base is frozen, so only LoRA adapters can train on it; add --set lora.enabled=true, or "
+                          f"train in 16 bits and run `jaxlm quantize` afterwards")
     preempted = _install_sigterm()  # first: a SIGTERM during restore or compile also ends the run cleanly
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
     pi, pc = jax.process_index(), jax.process_count()
@@ -89,6 +96,8 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
                                       seed=run_cfg.seed, process_index=pi, process_count=pc)
     else:
         batches = batch_source(pi, pc, local_batch)
+    start_state = batches.get_state()
+    first = _first_batch(batches)  # unreadable data fails here, before any write
 
     def open_checkpoints():  # creates the folder, so only after every check has passed
         return RunCheckpoints(out / "checkpoints", run_cfg.checkpoint.every, run_cfg.checkpoint.keep,
@@ -96,13 +105,15 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
 
     notes: list[str] = []
     if resume_step is not None:
-        ckpt = open_checkpoints()
         full_abs = _with_shardings(merge_trees(params_abs, rest_abs), merge_trees(p_shard, r_shard))
-        full, opt_state, meta = ckpt.restore(resume_step, full_abs, _with_shardings(opt_abs, o_shard))
+        ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done, full_abs,
+                                                        _with_shardings(opt_abs, o_shard), notes)
+        first = None  # the restored data state continues after the batch read for the check
         params, rest = take_like(full, params_abs), drop_like(full, params_abs)
         if len(meta["data_state"]) == pc:
             batches.set_state(meta["data_state"][pi])
         else:  # the job's process count changed: the data order cannot continue exactly
+            batches.set_state(start_state)
             notes.append(f"checkpoint written by {len(meta['data_state'])} processes, now {pc}: data restarts "
                          f"from the beginning of the corpus")
         rng = jnp.asarray(meta["rng"], jnp.uint32)
@@ -113,74 +124,102 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         rng = jax.random.key_data(jax.random.key(run_cfg.seed)).astype(jnp.uint32)
         step = 0
         ckpt = open_checkpoints()
-    if pi == 0:
-        rd.write_run_files(out, run_cfg, tokenizer)
+    try:
+        if pi == 0:
+            rd.write_run_files(out, run_cfg, tokenizer)
 
-    step_fn = jit_train_step(make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss),
-                             mesh, state_shard, r_shard)
-    batch_shard = rules.batch_sharding(mesh)
-    state = {"params": params, "opt_state": opt_state}
-    t0 = time.perf_counter()
-    abstract_batch = {k: jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), jnp.float32 if k == "loss_mask"
-                                              else jnp.int32, sharding=batch_shard) for k in BATCH_KEYS}
-    compiled = step_fn.lower(state, rest, abstract_batch).compile()
-    compile_s = time.perf_counter() - t0
+        step_fn = jit_train_step(make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss),
+                                 mesh, state_shard, r_shard)
+        batch_shard = rules.batch_sharding(mesh)
+        state = {"params": params, "opt_state": opt_state}
+        t0 = time.perf_counter()
+        abstract_batch = {k: jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), jnp.float32 if k == "loss_mask"
+                                                  else jnp.int32, sharding=batch_shard) for k in BATCH_KEYS}
+        compiled = step_fn.lower(state, rest, abstract_batch).compile()
+        compile_s = time.perf_counter() - t0
 
-    flops_per_token = flops.train_flops_per_token(run_cfg.model, tc.seq_len)
-    peak = tc.peak_flops or peak_flops_per_device()
-    logger = MetricsLogger(out, tc.steps, step, enabled=(pi == 0 and not quiet))
-    logger.message(f"{run_cfg.model.name}: {sum(math.prod(x.shape) for x in jax.tree.leaves(params_abs)):,} trainable "
-                   f"params, mesh {dict(mesh.shape)}, {jax.device_count()} devices, {pc} process(es), "
-                   f"step compiled in {compile_s:.1f}s" + (f", resumed at step {step}" if step else ""))
-    for note in notes:
-        logger.message(note)
-    losses: dict[int, float] = {}
-    pending: list[tuple[int, dict]] = []  # device metrics not yet checked on the host
-    window_start, window_steps, stopped, first_log = time.perf_counter(), 0, "finished", True
-    last_saved = step if resume_step is not None else None
-    data_state = batches.get_state()
-    while step < tc.steps:
-        if preempted() or (tc.stop_after is not None and step >= tc.stop_after):
-            stopped = "preempted"
-            break
-        try:
-            local = next(batches)
-        except StopIteration:
-            raise JaxlmError("the data iterator ran out of batches; add text to the corpus or lower train.steps")
-        data_state = batches.get_state()
-        batch = {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(local[k])) for k in BATCH_KEYS}
-        state, metrics = compiled(state, rest, batch)
-        step += 1
-        window_steps += 1
-        pending.append((step, metrics))
-        logger.advance()
-        save_now = ckpt.should_save(step, tc.steps)
-        if step % tc.log_every == 0 or save_now or step == tc.steps:
-            fetched = _check_finite(pending, losses, ckpt, logger, last_saved)  # waits for the last step
-            step_time = (time.perf_counter() - window_start) / window_steps
-            last = fetched[-1]
-            tokens_per_s = tc.batch_size * tc.seq_len / step_time
-            logger.log({"step": step, "loss": float(last["loss"]), "ce": float(last["ce"]), "z": float(last["z"]),
-                        "grad_norm": float(last["grad_norm"]), "lr": float(schedule(step - 1)),
-                        "tokens_per_s": tokens_per_s, "step_time_s": step_time,
-                        "mfu": mfu(flops_per_token, tokens_per_s, jax.device_count(), peak),
-                        **({"compile_s": compile_s} if first_log else {})})
-            first_log = False
-            pending.clear()
-            if save_now:
-                _save(ckpt, step, state, rest, data_state, rng, losses[step])
-                last_saved = step
-            window_start, window_steps = time.perf_counter(), 0
-    if stopped == "preempted" and last_saved != step:
-        _check_finite(pending, losses, ckpt, logger, last_saved)
-        _save(ckpt, step, state, rest, data_state, rng, losses.get(step, float("inf")))
-        logger.message(f"stopped at step {step} (SIGTERM or stop_after); checkpoint saved; rerun the same "
-                       f"command to resume")
-    ckpt.close()
-    logger.close()
-    if hasattr(batches, "close"):
-        batches.close()
+        flops_per_token = flops.train_flops_per_token(run_cfg.model, tc.seq_len)
+        peak = tc.peak_flops or peak_flops_per_device()
+        logger = MetricsLogger(out, tc.steps, step, enabled=(pi == 0 and not quiet))
+        logger.message(f"{run_cfg.model.name}: {sum(math.prod(x.shape) for x in jax.tree.leaves(params_abs)):,} trainable "
+                       f"params, mesh {dict(mesh.shape)}, {jax.device_count()} devices, {pc} process(es), "
+                       f"step compiled in {compile_s:.1f}s" + (f", resumed at step {step}" if step else ""))
+        for note in notes:
+            logger.message(note)
+        losses: dict[int, float] = {}
+        pending: list[tuple[int, dict]] = []  # device metrics not yet checked on the host
+        window_start, window_steps, stopped, first_log = time.perf_counter(), 0, "finished", True
+        last_saved = step if resume_step is not None else None
+        data_state = start_state if first is not None else batches.get_state()
+        while step < tc.steps:
+            if preempted() or (tc.stop_after is not None and step >= tc.stop_after):
+                stopped = "preempted"
+                break
+            local, first = (first, None) if first is not None else (_first_batch(batches), None)
+            data_state = batches.get_state()
+            batch = {k: jax.make_array_from_process_local_data(batch_shard, np.asarray(local[k])) for k in BATCH_KEYS}
+            state, metrics = compiled(state, rest, batch)
+            step += 1
+            window_steps += 1
+            pending.append((step, metrics))
+            logger.advance()
+            save_now = ckpt.should_save(step, tc.steps)
+            if step % tc.log_every == 0 or save_now or step == tc.steps:
+                fetched = _check_finite(pending, losses, ckpt, logger, last_saved)  # waits for the last step
+                step_time = (time.perf_counter() - window_start) / window_steps
+                last = fetched[-1]
+                tokens_per_s = tc.batch_size * tc.seq_len / step_time
+                logger.log({"step": step, "loss": float(last["loss"]), "ce": float(last["ce"]), "z": float(last["z"]),
+                            "grad_norm": float(last["grad_norm"]), "lr": float(schedule(step - 1)),
+                            "tokens_per_s": tokens_per_s, "step_time_s": step_time,
+                            "mfu": mfu(flops_per_token, tokens_per_s, jax.device_count(), peak),
+                            **({"compile_s": compile_s} if first_log else {})})
+                first_log = False
+                pending.clear()
+                if save_now:
+                    _save(ckpt, step, state, rest, data_state, rng, losses[step])
+                    last_saved = step
+                window_start, window_steps = time.perf_counter(), 0
+        if stopped == "preempted" and last_saved != step:
+            _check_finite(pending, losses, ckpt, logger, last_saved)
+            _save(ckpt, step, state, rest, data_state, rng, losses.get(step, float("inf")))
+            logger.message(f"stopped at step {step} (SIGTERM or stop_after); checkpoint saved; rerun the same "
+                           f"command to resume")
+        ckpt.close()
+        logger.close()
+        if hasattr(batches, "close"):
+            batches.close()
+    except BaseException as e:
+        ckpt.abandon()  # no temporaries left behind; the finished steps stay
+        if is_disk_full(e):
+            raise disk_full(out) from None
+        raise
     return TrainResult(out, step, losses, state["params"], state["opt_state"], stopped)
+
+
+def _first_batch(batches):
+    try:
+        return next(batches)
+    except StopIteration:
+        raise JaxlmError("the data iterator ran out of batches; add text to the corpus or lower train.steps") from None
+
+
+def _restore_newest(open_checkpoints, directory: Path, steps: list[int], full_abs, opt_abs, notes: list[str]):
+    """(manager, restored state) of the newest step that loads. A damaged newer step is renamed to
+    `<step>.corrupt` (kept for inspection, ignored by Orbax), with a note; none loading is an error."""
+    for step in reversed(steps):
+        ckpt = open_checkpoints()
+        try:
+            return ckpt, ckpt.restore(step, full_abs, opt_abs)
+        except CorruptCheckpoint as e:
+            ckpt.close()
+            if step == steps[0] or jax.process_count() > 1:
+                raise
+            aside = directory / f"{step}.corrupt"
+            if jax.process_index() == 0:
+                (directory / str(step)).rename(aside)
+            notes.append(f"warning: {e}; resuming from an earlier step (the damaged step is kept as {aside})")
+    raise AssertionError("unreachable")
 
 
 def _check_finite(pending, losses, ckpt, logger, last_saved) -> list[dict]:
