@@ -33,6 +33,9 @@ def check_output(out: str | Path, *, overwrite: bool = False, inputs: Iterable[s
                  folder: bool = True) -> Path:
     """The absolute output path, after refusing an output that overlaps an input or already exists."""
     out = Path(os.path.abspath(out))
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise JaxlmError(f"cannot write {out}: {blocker} is a file, not a folder; choose another path")
     real = out.resolve()
     for inp in inputs:
         src = Path(inp).resolve()

@@ -108,6 +108,24 @@ def garbage_metrics(base, tmp):
         f.write("{not json\n")
 
 
+def bad_metrics_record(base, tmp):
+    copy_run(base, tmp)
+    (tmp / "run" / "metrics.jsonl").write_text('{"loss": 1.0}\n3\n')
+
+
+def truncate_every_opt_state(base, tmp):
+    copy_run(base, tmp)
+    for step in (1, 2):
+        for f in (tmp / "run" / "checkpoints" / str(step) / "opt_state").rglob("*"):
+            if f.is_file() and f.stat().st_size > 1024:
+                f.write_bytes(f.read_bytes()[:50])
+    tiny_run_yaml(tmp / "resume.yaml", tmp / "run", steps=3)
+
+
+def a_file(base, tmp):
+    (tmp / "afile").write_text("not a folder")
+
+
 def copy_hf(base, tmp):
     shutil.copytree(base / "hf", tmp / "hf")
 
@@ -277,6 +295,13 @@ CASES = [
     ("quant-without-lora", "train tiny_uniform --set quant.bits=4 --set quant.group_size=32 "
                            "--set train.out_dir={tmp}/new", None, "lora.enabled"),
     ("bad-mesh", TRAIN + " --set mesh.data=3", None, "mesh"),
+    ("no-command", "", None, "required: COMMAND"),
+    ("unknown-command", "nonsense", None, "invalid choice"),
+    ("missing-required-args", "quantize", None, "--ckpt"),
+    ("int-flag-not-int", "quantize --ckpt {base}/run --bits four --out {tmp}/q", None, "--bits"),
+    ("zero-batch-size", "eval --ckpt {base}/run --data bundled:corpus/valid/comedy_of_errors.txt --batch-size 0", None,
+     "positive integer"),
+    ("zero-new-tokens", "generate --ckpt {base}/run --prompt hi --max-new-tokens 0", None, "positive integer"),
     # data: every check before the first write
     ("train-non-utf8-corpus", TRAIN + " " + SRC, non_utf8_corpus, "no readable documents"),
     ("train-empty-corpus", TRAIN + " " + SRC, empty_corpus, "corpus"),
@@ -312,6 +337,9 @@ CASES = [
     ("lora-merge-no-adapters", "lora merge --ckpt {base}/run --out {tmp}/m", None, "no LoRA"),
     ("plot-garbage-metrics", "plot {tmp}/run", garbage_metrics, "not JSON"),
     ("plot-missing", "plot {tmp}/nope", None, "metrics.jsonl"),
+    ("plot-bad-record", "plot {tmp}/run", bad_metrics_record, "not a metrics record"),
+    ("resume-no-step-loads", "train {tmp}/resume.yaml", truncate_every_opt_state, "no checkpoint in .* loads"),
+    ("out-under-a-file", "convert to-hf --ckpt {base}/run --out {tmp}/afile/hf", a_file, "is a file"),
     # outputs that are, contain or lie inside an input: refused whatever the flags
     ("to-hf-onto-run", "convert to-hf --ckpt {tmp}/run --out {tmp}/run --overwrite", copy_run, "is the input"),
     ("to-hf-into-run", "convert to-hf --ckpt {tmp}/run --out {tmp}/run/checkpoints --overwrite", copy_run,

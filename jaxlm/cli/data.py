@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxlm.cli.common import add_config_args
+from jaxlm.cli.common import add_config_args, positive_int
 
 
 def register(sub) -> None:
@@ -12,9 +12,9 @@ def register(sub) -> None:
     add_config_args(s, required=True)
     s.add_argument("--split", choices=("train", "validation"), default="train",
                    help="data.sources (train) or data.validation")
-    s.add_argument("--seq-len", type=int, default=None, help="row length (default: model.max_context)")
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--max-batches", type=int, default=None, help="stop early after this many batches")
+    s.add_argument("--seq-len", type=positive_int, default=None, help="row length (default: model.max_context)")
+    s.add_argument("--batch-size", type=positive_int, default=8)
+    s.add_argument("--max-batches", type=positive_int, default=None, help="stop early after this many batches")
     s.set_defaults(func=run_stats)
 
 

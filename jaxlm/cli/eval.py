@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from jaxlm.cli.common import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="perplexity of a text file under a model dir, run dir or checkpoint")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="model dir, run dir or RUN_DIR/checkpoints/<step>")
     p.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text file (bundled:corpus/valid/... works)")
-    p.add_argument("--seq-len", type=int, default=None,
+    p.add_argument("--seq-len", type=positive_int, default=None,
                    help="tokens per scoring window (default: the model's context - 1)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from jaxlm.cli.common import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a model dir, run dir or checkpoint")
@@ -19,7 +21,7 @@ def register(sub) -> None:
 
 
 def add_sampling_args(p) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate per prompt (default 100)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=100, help="tokens to generate per prompt (default 100)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")

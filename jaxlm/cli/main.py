@@ -8,13 +8,13 @@ exception is a bug, one line and exit status 1. `JAXLM_DEBUG=1` shows the traceb
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import logging
 import os
 import sys
 import threading
 
+from jaxlm.cli.common import Parser
 from jaxlm.errors import debug, user_message
 
 COMMANDS = [
@@ -31,8 +31,8 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxlm", description="Small decoder-only language models in JAX.")
+def build_parser() -> Parser:
+    parser = Parser(prog="jaxlm", description="Small decoder-only language models in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)

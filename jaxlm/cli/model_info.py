@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from jaxlm.cli.common import add_config_args
+from jaxlm.cli.common import add_config_args, positive_int
 from jaxlm.config import load_run_config
 
 
@@ -16,7 +16,7 @@ def register(sub) -> None:
     add_config_args(p)
     p.add_argument("--ckpt", default=None, help="a model or run dir instead of CONFIG (a quantized one reports "
                                                 "its real bytes per parameter)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_context)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="sequence length for FLOPs (default: max_context)")
     p.set_defaults(func=run)
 
 

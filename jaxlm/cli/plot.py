@@ -27,6 +27,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 raise JaxlmError(f"{path} line {n} is not JSON; fix or remove that line") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+                raise JaxlmError(f"{path} line {n} is not a metrics record (a JSON object with an integer \"step\"); "
+                                 f"fix or remove that line")
             by_step[rec["step"]] = rec
     if not by_step:
         raise JaxlmError(f"{path} holds no records yet; train for at least train.log_every steps")

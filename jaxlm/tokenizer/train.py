@@ -65,7 +65,8 @@ def train_sentencepiece(paths: Iterable[str | Path], output_dir: str | Path, voc
             unk_id=0, bos_id=1, eos_id=2, pad_id=3, input_sentence_size=0, shuffle_input_sentence=False,
             num_threads=1, minloglevel=2)
     except RuntimeError as e:
-        detail = str(e).splitlines()[-1].split("] ")[-1][:200]
+        detail = str(e).splitlines()[-1].split("] ")[-1][:200] if str(e).strip() else ""
+        detail = detail or f"invalid settings (vocab_size {vocab_size}, character_coverage {character_coverage})"
         raise JaxlmError(f"sentencepiece training failed: {detail}; check vocab_size against the text "
                          f"(byte fallback needs 256 + 4 pieces plus one per distinct character)") from None
     tok = SentencePieceTokenizer(buf.getvalue(), source="trained model")

@@ -205,21 +205,31 @@ def _first_batch(batches):
 
 
 def _restore_newest(open_checkpoints, directory: Path, steps: list[int], full_abs, opt_abs, notes: list[str]):
-    """(manager, restored state) of the newest step that loads. A damaged newer step is renamed to
-    `<step>.corrupt` (kept for inspection, ignored by Orbax), with a note; none loading is an error."""
+    """(manager, restored state) of the newest step that loads. Damaged newer steps are then renamed to
+    `<step>.corrupt` (kept for inspection, ignored by Orbax), each with a warning; when no step loads,
+    nothing is renamed and the error names the newest."""
+    ckpt = open_checkpoints()
+    failed: list[tuple[int, CorruptCheckpoint]] = []
     for step in reversed(steps):
-        ckpt = open_checkpoints()
         try:
-            return ckpt, ckpt.restore(step, full_abs, opt_abs)
+            state = ckpt.restore(step, full_abs, opt_abs)
         except CorruptCheckpoint as e:
-            ckpt.close()
-            if step == steps[0] or jax.process_count() > 1:
+            if jax.process_count() > 1:  # every process would have to agree on the fallback
+                ckpt.close()
                 raise
-            aside = directory / f"{step}.corrupt"
+            failed.append((step, e))
+            continue
+        for bad, e in failed:
+            aside = directory / f"{bad}.corrupt"
             if jax.process_index() == 0:
-                (directory / str(step)).rename(aside)
-            notes.append(f"warning: {e}; resuming from an earlier step (the damaged step is kept as {aside})")
-    raise AssertionError("unreachable")
+                (directory / str(bad)).rename(aside)
+            notes.append(f"warning: {e}; resumed from step {step} instead (the damaged step is kept as {aside})")
+        if failed:
+            ckpt.manager.reload()
+        return ckpt, state
+    ckpt.close()
+    raise JaxlmError(f"no checkpoint in {directory} loads ({len(failed)} tried; newest: {failed[0][1]}); restore "
+                     f"them, or move {directory} away to start the run over")
 
 
 def _check_finite(pending, losses, ckpt, logger, last_saved) -> list[dict]:
