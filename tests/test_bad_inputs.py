@@ -465,6 +465,34 @@ def test_stale_temporaries_of_dead_processes_are_removed_by_the_next_write(base,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
 
 
+def test_kill_9_during_quantize_leaves_a_temporary_that_the_next_run_removes(base, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli_helpers import cli_env
+
+    out = tmp_path / "q"
+    cmd = [sys.executable, "-m", "jaxlm.cli.main", "quantize", "--ckpt", str(base / "run"), "--bits", "4",
+           "--group", "32", "--out", str(out)]
+    for _ in range(3):  # the temporary exists for well under a second: poll for it, then kill
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not list(tmp_path.glob(".q.tmp-*")):
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+        shutil.rmtree(out, ignore_errors=True)
+    left = list(tmp_path.glob(".q.tmp-*"))
+    assert left and not out.exists(), "quantize finished before it could be killed three times"
+    r = jaxlm(*cmd[3:], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert not any(p.exists() for p in left) and (out / "config.yaml").is_file()
+
+
 def test_resume_falls_back_to_the_newest_step_that_loads(base, tmp_path):
     truncate_params(base, tmp_path)
     cfg = tiny_run_yaml(tmp_path / "tiny.yaml", tmp_path / "run", steps=3)
