@@ -36,13 +36,7 @@ def check_output(out: str | Path, *, overwrite: bool = False, inputs: Iterable[s
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise JaxlmError(f"cannot write {out}: {blocker} is a file, not a folder; choose another path")
-    real = out.resolve()
-    for inp in inputs:
-        src = Path(inp).resolve()
-        if real == src or real in src.parents or src in real.parents:
-            relation = "is" if real == src else "contains" if real in src.parents else "lies inside"
-            raise JaxlmError(f"output {out} {relation} the input {inp}; writing it would destroy the input, "
-                             f"so choose an output path outside it")
+    refuse_overlap(out, inputs)
     if out.exists():
         if folder and not out.is_dir():
             raise JaxlmError(f"output {out} exists and is not a directory; choose another path")
@@ -52,6 +46,17 @@ def check_output(out: str | Path, *, overwrite: bool = False, inputs: Iterable[s
             what = "exists and is not empty" if folder else "already exists"
             raise JaxlmError(f"output {out} {what}; choose another path or pass --overwrite")
     return out
+
+
+def refuse_overlap(out: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:
+    """JaxlmError when `out` is, contains or lies inside one of `inputs` (symlinks resolved)."""
+    real = Path(out).resolve()
+    for inp in inputs:
+        src = Path(inp).resolve()
+        if real == src or real in src.parents or src in real.parents:
+            relation = "is" if real == src else "contains" if real in src.parents else "lies inside"
+            raise JaxlmError(f"{what} {out} {relation} the input {inp}; writing it would destroy the input, "
+                             f"so choose an output path outside it")
 
 
 @contextlib.contextmanager

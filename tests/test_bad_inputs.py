@@ -295,6 +295,8 @@ CASES = [
     ("quant-without-lora", "train tiny_uniform --set quant.bits=4 --set quant.group_size=32 "
                            "--set train.out_dir={tmp}/new", None, "lora.enabled"),
     ("bad-mesh", TRAIN + " --set mesh.data=3", None, "mesh"),
+    ("train-into-init-from", "train {base}/tiny.yaml --set train.init_from={tmp}/lora --set train.out_dir={tmp}/lora",
+     copy_lora, "train.out_dir .* is the input"),
     ("no-command", "", None, "required: COMMAND"),
     ("unknown-command", "nonsense", None, "invalid choice"),
     ("missing-required-args", "quantize", None, "--ckpt"),

@@ -67,6 +67,10 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
                           f"per micro-batch must be divisible by mesh data x fsdp = {batch_ways} (and batch_size by "
                           f"{pc} processes); change train.batch_size or the mesh")
     out = Path(tc.out_dir).absolute()
+    if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
+        from jaxlm.outputs import refuse_overlap
+
+        refuse_overlap(out, [tc.init_from], "train.out_dir")
     done = finished_steps(out / "checkpoints")
     resume_step = done[-1] if done else None
 
