@@ -33,6 +33,7 @@ def check_output(out: str | Path, *, overwrite: bool = False, inputs: Iterable[s
                  folder: bool = True) -> Path:
     """The absolute output path, after refusing an output that overlaps an input or already exists."""
     out = Path(os.path.abspath(out))
+    clean_stale(out)  # first: a previous output displaced by a killed writer is back before the checks
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise JaxlmError(f"cannot write {out}: {blocker} is a file, not a folder; choose another path")
@@ -69,7 +70,6 @@ def output_path(out: str | Path, *, overwrite: bool = False, inputs: Iterable[st
     created, tmp = _missing_parents(out), temp_path(out, "tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale(out)
         _remove(tmp)
         if folder:
             tmp.mkdir()
