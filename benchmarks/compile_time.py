@@ -17,33 +17,17 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 
 
 def compile_step(run_cfg, seq_len: int, batch: int) -> tuple[float, float, int]:
     """(lower seconds, compile seconds, number of layer groups) for run_cfg's train step."""
-    from jaxlm.model import abstract_model
-    from jaxlm.parallel import make_mesh, param_shardings, rules
-    from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
-    from jaxlm.training.state import logical_axes, split_model
-    from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
+    from jaxlm.parallel import make_mesh
+    from jaxlm.training.program import build_train_program
 
-    mesh = make_mesh(1, 1, 1, jax.devices()[:1])
-    split, params_abs, rest_abs = split_model(abstract_model(run_cfg.model), run_cfg)
-    axes = logical_axes(split.trainable)
-    p_shard = param_shardings(axes, params_abs, mesh)
-    tx, _ = make_optimizer(run_cfg.train, axes)
-    o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
-    step = jit_train_step(make_train_step(split, tx, micro_batches=1, z_loss=1e-4), mesh,
-                          {"params": p_shard, "opt_state": o_shard}, {})
-    sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)  # noqa: E731
-    state = {"params": jax.tree.map(sds, params_abs, p_shard),
-             "opt_state": jax.tree.map(sds, jax.eval_shape(tx.init, params_abs), o_shard)}
-    bs = rules.batch_sharding(mesh)
-    batch_abs = {k: jax.ShapeDtypeStruct((batch, seq_len), jnp.float32 if k == "loss_mask" else jnp.int32,
-                                         sharding=bs) for k in BATCH_KEYS}
+    run_cfg = dataclasses.replace(run_cfg, train=dataclasses.replace(run_cfg.train, micro_batches=1, z_loss=1e-4))
+    program = build_train_program(run_cfg, make_mesh(1, 1, 1, jax.devices()[:1]))
     t0 = time.perf_counter()
-    lowered = step.lower(state, {}, batch_abs)
+    lowered = program.step_fn.lower(*program.abstract_args(batch, seq_len))
     t1 = time.perf_counter()
     lowered.compile()
     t2 = time.perf_counter()
@@ -70,7 +54,7 @@ def main() -> None:
                          "pad: also scan layers differing only in FFN width (model.scan_pad_ffn)")
     args = ap.parse_args()
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), seq {args.seq_len}, batch {args.batch}")
-    print(f"| config | layers | grouping | blocks compiled | lower (s) | compile (s) |\n|---|---|---|---|---|---|")
+    print("| config | layers | grouping | blocks compiled | lower (s) | compile (s) |\n|---|---|---|---|---|---|")
     for name in args.configs:
         base = load_run_config(name)
         for mode in args.modes:

@@ -55,7 +55,7 @@ def test_bad_inputs_raise_jaxlm_errors_naming_what_is_supported():
                       impl="pallas")
     with pytest.raises(JaxlmError, match="weight must have shape"):
         ops.rms_norm(jnp.zeros((4, 8)), jnp.ones((6,)), 1e-6, impl="pallas")
-    with pytest.raises(JaxlmError, match="needs a GPU backend"):
+    with pytest.raises(JaxlmError, match="needs a GPU target"):
         ops.attention(q, q, q, impl="cudnn")
     with pytest.raises(JaxlmError, match="choose one of auto, xla, pallas, cudnn"):
         ops.rms_norm(jnp.zeros((4, 8)), jnp.ones((8,)), 1e-6, impl="triton")

@@ -12,8 +12,8 @@ TINY_MODEL = dict(name="tiny_test", vocab_size=256, model_dim=64, num_layers=2, 
                   attention_impl="xla", norm_impl="xla")
 
 
-def tiny_run_config(out_dir, steps=5, mesh=(-1, 1, 1), checkpoint=None, **train) -> RunConfig:
-    data = {"model": TINY_MODEL, "seed": 0,
+def tiny_run_config(out_dir, steps=5, mesh=(-1, 1, 1), checkpoint=None, model=None, **train) -> RunConfig:
+    data = {"model": {**TINY_MODEL, **(model or {})}, "seed": 0,
             "train": {"steps": steps, "batch_size": 8, "seq_len": 32, "lr": 1e-2, "warmup_steps": 2,
                       "log_every": 1, "out_dir": str(out_dir), "sample_prompt": "", **train},
             "checkpoint": {"every": 2, "keep": 2, "keep_best": 1, "async_save": True, **(checkpoint or {})},

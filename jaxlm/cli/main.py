@@ -28,6 +28,7 @@ COMMANDS = [
     "jaxlm.cli.train",
     "jaxlm.cli.plot",
     "jaxlm.cli.convert",
+    "jaxlm.cli.compile",
 ]
 
 

@@ -59,7 +59,7 @@ class GenerationOutput:
     decode_s: float  # the decode loop (tokens 2..N), wall clock
 
 
-def _round_up(n: int, m: int) -> int:
+def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
@@ -104,8 +104,8 @@ class Engine:
         self.check_request(prompts, max_new_tokens)
         b = len(prompts)
         lengths = np.array([len(p) for p in prompts], np.int32)
-        width = min(_round_up(int(lengths.max()), BUCKET), self.cfg.max_context)
-        out_len = _round_up(max_new_tokens, BUCKET)
+        width = min(round_up(int(lengths.max()), BUCKET), self.cfg.max_context)
+        out_len = round_up(max_new_tokens, BUCKET)
         cache_len = min(self.cfg.max_context, width + out_len)
         tokens = np.zeros((b, width), np.int32)
         for i, p in enumerate(prompts):
@@ -171,7 +171,7 @@ def _collect(out: np.ndarray, stops: np.ndarray, max_new: int, lengths, ttft: fl
     return GenerationOutput(tokens, reasons, [int(n) for n in lengths], ttft, decode_s)
 
 
-def _prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *, cache_len: int,
+def prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *, cache_len: int,
              cache_dtype: str, greedy: bool):
     """Run the padded prompts (B, T) through the model, filling a fresh cache; pick token 0."""
     model = nnx.merge(graphdef, state)
@@ -188,7 +188,7 @@ def _prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *
     return first, {"cache": cache, "token": first, "position": lengths, "seen": seen, "done": done}
 
 
-def _decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink_id, *, out_len: int,
+def decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink_id, *, out_len: int,
             greedy: bool, stream: bool):
     """Tokens 1 .. max_new-1 in one while_loop. Returns (B, out_len) ids: -1 after a row is done."""
     model = nnx.merge(graphdef, state)
@@ -220,5 +220,5 @@ def _decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sin
 
 
 # Module-level, keyed on the graphdef: engines over models of the same architecture share programs.
-_prefill_program = jax.jit(_prefill, static_argnums=0, static_argnames=("cache_len", "cache_dtype", "greedy"))
-_decode_program = jax.jit(_decode, static_argnums=0, static_argnames=("out_len", "greedy", "stream"))
+_prefill_program = jax.jit(prefill, static_argnums=0, static_argnames=("cache_len", "cache_dtype", "greedy"))
+_decode_program = jax.jit(decode, static_argnums=0, static_argnames=("out_len", "greedy", "stream"))

@@ -1,55 +1,76 @@
-"""Pick a kernel implementation per backend.
+"""Pick a kernel implementation for the platform a program is built for.
 
 impl: "xla" (reference, works everywhere), "pallas" (kernels_pallas), "cudnn" (attention through
-`jax.nn.dot_product_attention` on GPU), or "auto": the entry of `AUTO` for the current backend.
+`jax.nn.dot_product_attention` on GPU), or "auto": the entry of `AUTO` for the target platform.
+
+The target platform is that of the devices the program is compiled for: the active mesh's
+devices (`jaxlm.parallel.use_mesh`, set by the train step and `jaxlm compile`), else the
+process's default backend. So a TPU-pod train step compiled from a CPU host gets the Mosaic
+kernels, not the CPU fallback.
 
 "pallas" runs the Triton kernels on GPU and the Mosaic kernels on TPU. On a CPU there is no
 compiler for either, so "pallas" runs a kernel in Pallas interpret mode (slow; for tests):
 the GPU variant by default, the TPU variant (in the TPU interpreter) when the environment
-variable JAXLM_PALLAS_INTERPRET=tpu. Kernel input errors become JaxlmError.
+variable JAXLM_PALLAS_INTERPRET=tpu. Under a mesh every kernel runs per device shard
+(`jaxlm.ops.sharded.per_shard`). Kernel input errors become JaxlmError.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
+import jax.numpy as jnp
 
 import kernels_pallas.attention as pallas_attention
 import kernels_pallas.rmsnorm as pallas_rmsnorm
 from jaxlm.errors import JaxlmError
+from jaxlm.ops.sharded import per_shard
+from jaxlm.parallel import rules
 from kernels_pallas.attention import attention_reference
 from kernels_pallas.rmsnorm import rms_norm_reference, rms_norm_residual_reference
 
-# What "auto" picks, per backend and op. Fill from benchmark results
-# (experiments/bench_kernels.py writes the measured winners into experiments/results/kernels.md);
-# a backend stays on XLA until it is measured. CPU always uses XLA (kernels only interpret there).
+# What "auto" picks, per target platform and op. "measured" entries come from
+# experiments/results/kernels.md (experiments/bench_kernels.py); "reasoned" ones are not measured yet.
 AUTO: dict[str, dict[str, str]] = {
+    # reasoned: Pallas only interprets on a CPU; XLA is the fast path there.
     "cpu": {"attention": "xla", "rms_norm": "xla"},
-    "gpu": {"attention": "xla", "rms_norm": "xla"},  # unmeasured: no GPU lent yet
-    "tpu": {"attention": "xla", "rms_norm": "xla"},  # unmeasured: no TPU lent yet
+    # reasoned (no GPU lent yet): cuDNN flash attention is JAX's maintained GPU path; it has no
+    # float32 kernel, so float32 attention takes XLA. XLA fuses RMSNorm into neighbouring ops.
+    "gpu": {"attention": "cudnn", "rms_norm": "xla"},
+    # reasoned (compiled with libtpu, never run on a TPU): the Mosaic kernels keep attention O(T)
+    # in memory and fuse the residual add into the norm.
+    "tpu": {"attention": "pallas", "rms_norm": "pallas"},
 }
 
 IMPLS = ("auto", "xla", "pallas", "cudnn")
 INTERPRET_ENV = "JAXLM_PALLAS_INTERPRET"
+QKV_AXES = ("batch", None, "heads", None)  # (B, T, H, D) for per_shard
+SEGMENT_AXES = ("batch", None)  # (B, T)
 
 
-def resolve_impl(impl: str, op: str) -> str:
-    """'auto' -> the table's choice for this backend; other values are checked and returned."""
+def target_platform() -> str:
+    """"cpu" | "gpu" | "tpu": the platform of the active mesh's devices, else the default backend."""
+    mesh = rules.current_mesh()
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def resolve_impl(impl: str, op: str, platform: str | None = None) -> str:
+    """'auto' -> the table's choice for the target platform; other values are checked and returned."""
     if impl not in IMPLS:
         raise JaxlmError(f"unknown kernel impl {impl!r} for {op}; choose one of {', '.join(IMPLS)}")
     if impl == "auto":
-        return AUTO.get(jax.default_backend(), {}).get(op, "xla")
+        return AUTO.get(platform or target_platform(), {}).get(op, "xla")
     return impl
 
 
-def pallas_target() -> tuple[str, object]:
-    """(kernel platform "gpu" | "tpu", interpret option) for impl="pallas" on the current backend."""
-    backend = jax.default_backend()
-    if backend in ("gpu", "cuda", "rocm"):
-        return "gpu", False
-    if backend == "tpu":
-        return "tpu", False
+def pallas_target(platform: str | None = None) -> tuple[str, object]:
+    """(kernel platform "gpu" | "tpu", interpret option) for impl="pallas" on the target platform."""
+    platform = platform or target_platform()
+    if platform in ("gpu", "tpu"):
+        return platform, False
     variant = os.environ.get(INTERPRET_ENV, "gpu")
     if variant == "tpu":
         from jax.experimental.pallas import tpu as pltpu
@@ -60,13 +81,20 @@ def pallas_target() -> tuple[str, object]:
     return "gpu", True
 
 
+def _norm_axes(ndim: int) -> tuple:
+    """(B, T, D) activations split on batch; (B, T, H, hd) (QK-norm) also on heads."""
+    return ("batch", None, "heads", None) if ndim == 4 else ("batch",) + (None,) * (ndim - 1)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float, impl: str = "auto") -> jax.Array:
     """RMSNorm over the last axis: float32 statistics, result in x.dtype."""
     impl = resolve_impl(impl, "rms_norm")
     if impl == "pallas":
         platform, interpret = pallas_target()
+        kernel = functools.partial(pallas_rmsnorm.rms_norm, eps=eps, platform=platform, interpret=interpret)
         with _as_jaxlm_error():
-            return pallas_rmsnorm.rms_norm(x, weight, eps, platform=platform, interpret=interpret)
+            pallas_rmsnorm.check_inputs(x, weight)
+            return per_shard(kernel, (x, weight), (_norm_axes(x.ndim), (None,)), _norm_axes(x.ndim))
     return rms_norm_reference(x, weight, eps)  # "xla", and "cudnn" (no cuDNN RMSNorm in JAX)
 
 
@@ -76,9 +104,12 @@ def rms_norm_residual(x: jax.Array, residual: jax.Array, weight: jax.Array, eps:
     impl = resolve_impl(impl, "rms_norm")
     if impl == "pallas":
         platform, interpret = pallas_target()
+        kernel = functools.partial(pallas_rmsnorm.rms_norm_residual, eps=eps, platform=platform,
+                                   interpret=interpret)
+        axes = _norm_axes(x.ndim)
         with _as_jaxlm_error():
-            return pallas_rmsnorm.rms_norm_residual(x, residual, weight, eps, platform=platform,
-                                                    interpret=interpret)
+            pallas_rmsnorm.check_inputs(x, weight, residual)
+            return per_shard(kernel, (x, residual, weight), (axes, axes, (None,)), (axes, axes))
     return rms_norm_residual_reference(x, residual, weight, eps)
 
 
@@ -90,31 +121,42 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
     Explicit positions (decoding against a KV cache) always take the XLA path: decode
     attention is memory-bound and has no fused kernel here.
     """
-    impl = resolve_impl(impl, "attention")
+    platform = target_platform()
+    impl = resolve_impl(impl, "attention", platform)
+    if impl == "cudnn" and platform == "gpu" and q.dtype == jnp.float32:
+        impl = "xla"  # cuDNN has no float32 flash attention ("auto" on GPU; an explicit "cudnn" too)
     decode = q_positions is not None or kv_positions is not None
     _check_attention(q, k, v, same_dtype=impl != "xla" and not decode)
     if impl == "xla" or decode:
         return attention_reference(q, k, v, causal=causal, segment_ids=segment_ids,
                                    q_positions=q_positions, kv_positions=kv_positions)
     if impl == "pallas":
-        platform, interpret = pallas_target()
-        with _as_jaxlm_error():
-            return pallas_attention.flash_attention(q, k, v, causal=causal, segment_ids=segment_ids,
-                                                    platform=platform, interpret=interpret)
-    return _cudnn_attention(q, k, v, causal=causal, segment_ids=segment_ids)
+        kernel_platform, interpret = pallas_target(platform)
+        kernel = functools.partial(pallas_attention.flash_attention, causal=causal, platform=kernel_platform,
+                                   interpret=interpret)
+    else:
+        if platform != "gpu":
+            raise JaxlmError(f"attention impl 'cudnn' needs a GPU target (this one is {platform!r}); "
+                             f"use 'pallas' or 'xla'")
+        kernel = functools.partial(_cudnn_attention, causal=causal)
+    with _as_jaxlm_error():
+        if impl == "pallas":
+            pallas_attention.check_inputs(q, k, v, segment_ids)  # names the global shapes, not a shard's
+        if segment_ids is None:
+            return per_shard(kernel, (q, k, v), (QKV_AXES,) * 3, QKV_AXES)
+        q_seg, kv_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
+        return per_shard(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=(qs, ks)), (q, k, v, q_seg, kv_seg),
+                         (QKV_AXES,) * 3 + (SEGMENT_AXES,) * 2, QKV_AXES)
 
 
-def _cudnn_attention(q, k, v, *, causal: bool, segment_ids):
+def _cudnn_attention(q, k, v, *, causal: bool, segment_ids=None):
     """jax.nn.dot_product_attention(implementation="cudnn"). Packed segments become a dense
     (B, 1, T, S) mask (cuDNN through jax.nn has no segment-id input)."""
-    if jax.default_backend() != "gpu":
-        raise JaxlmError(f"attention impl 'cudnn' needs a GPU backend (this one is {jax.default_backend()!r}); "
-                         f"use 'pallas' or 'xla'")
     if causal and q.shape[1] != k.shape[1]:  # jax.nn aligns the causal mask top-left; the model aligns bottom-right
         return attention_reference(q, k, v, causal=causal, segment_ids=segment_ids)
     mask = None
     if segment_ids is not None:
-        q_seg, kv_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
+        q_seg, kv_seg = segment_ids
         mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 

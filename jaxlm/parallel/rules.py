@@ -66,12 +66,17 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh):
-    """Make `constrain` active while tracing the train step under `mesh`."""
+    """Make `constrain` (and the kernels' shard_map) active while tracing a program under `mesh`."""
     token = _MESH.set(mesh)
     try:
         yield mesh
     finally:
         _MESH.reset(token)
+
+
+def current_mesh() -> Mesh | None:
+    """The mesh of the program being traced under `use_mesh` (None: single-device inference, tests)."""
+    return _MESH.get()
 
 
 def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:

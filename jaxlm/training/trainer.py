@@ -24,15 +24,14 @@ import numpy as np
 from jaxlm.checkpoint.locate import finished_steps
 from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
 from jaxlm.model import build_model, flops
-from jaxlm.quant import abstract_base_model, quantize_model
-from jaxlm.parallel import distributed, make_mesh, param_shardings, rules
+from jaxlm.quant import quantize_model
+from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.training import run_dir as rd
 from jaxlm.training.checkpointing import CorruptCheckpoint, RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
-from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
-from jaxlm.training.state import (drop_like, lora_enabled, logical_axes, merge_trees, prepare_model, split_model,
-                                  take_like)
-from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
+from jaxlm.training.program import build_train_program, check_batch, with_shardings
+from jaxlm.training.state import drop_like, lora_enabled, merge_trees, prepare_model, split_model, take_like
+from jaxlm.training.step import BATCH_KEYS
 
 
 @dataclasses.dataclass
@@ -60,12 +59,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
     preempted = _install_sigterm()  # first: a SIGTERM during restore or compile also ends the run cleanly
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
     pi, pc = jax.process_index(), jax.process_count()
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = tc.batch_size // tc.micro_batches
-    if micro % batch_ways or tc.batch_size % pc:
-        raise ConfigError(f"train.batch_size {tc.batch_size} / micro_batches {tc.micro_batches} = {micro} sequences "
-                          f"per micro-batch must be divisible by mesh data x fsdp = {batch_ways} (and batch_size by "
-                          f"{pc} processes); change train.batch_size or the mesh")
+    check_batch(tc, mesh, pc)
     out = Path(tc.out_dir).absolute()
     if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
         from jaxlm.outputs import refuse_overlap
@@ -74,16 +68,10 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
     done = finished_steps(out / "checkpoints")
     resume_step = done[-1] if done else None
 
-    # Model and shardings (abstract first: nothing is allocated before the checks pass).
-    model_abs = prepare_model(run_cfg, abstract_base_model(run_cfg))  # quantized base when quant is on
-    split, params_abs, rest_abs = split_model(model_abs, run_cfg)
-    axes = logical_axes(split.trainable)
-    p_shard = param_shardings(axes, params_abs, mesh)
-    r_shard = param_shardings(logical_axes(split.rest), rest_abs, mesh)
-    tx, schedule = make_optimizer(tc, axes)
-    o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
-    state_shard = {"params": p_shard, "opt_state": o_shard}
-    opt_abs = jax.eval_shape(tx.init, params_abs)
+    # Model, shardings and the jitted step (abstract first: nothing is allocated before the checks pass).
+    program = build_train_program(run_cfg, mesh)
+    params_abs, rest_abs, opt_abs = program.params_abs, program.rest_abs, program.opt_abs
+    p_shard, r_shard, o_shard, tx = program.p_shard, program.r_shard, program.o_shard, program.tx
 
     # Data (an empty corpus fails here, before any write).
     if tokenizer is None and batch_source is None:
@@ -109,9 +97,9 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
 
     notes: list[str] = []
     if resume_step is not None:
-        full_abs = _with_shardings(merge_trees(params_abs, rest_abs), merge_trees(p_shard, r_shard))
+        full_abs = with_shardings(merge_trees(params_abs, rest_abs), merge_trees(p_shard, r_shard))
         ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done, full_abs,
-                                                        _with_shardings(opt_abs, o_shard), notes)
+                                                        with_shardings(opt_abs, o_shard), notes)
         first = None  # the restored data state continues after the batch read for the check
         params, rest = take_like(full, params_abs), drop_like(full, params_abs)
         if len(meta["data_state"]) == pc:
@@ -132,14 +120,10 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         if pi == 0:
             rd.write_run_files(out, run_cfg, tokenizer)
 
-        step_fn = jit_train_step(make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss),
-                                 mesh, state_shard, r_shard)
         batch_shard = rules.batch_sharding(mesh)
         state = {"params": params, "opt_state": opt_state}
         t0 = time.perf_counter()
-        abstract_batch = {k: jax.ShapeDtypeStruct((tc.batch_size, tc.seq_len), jnp.float32 if k == "loss_mask"
-                                                  else jnp.int32, sharding=batch_shard) for k in BATCH_KEYS}
-        compiled = step_fn.lower(state, rest, abstract_batch).compile()
+        compiled = program.step_fn.lower(state, rest, program.abstract_batch(tc.batch_size, tc.seq_len)).compile()
         compile_s = time.perf_counter() - t0
 
         flops_per_token = flops.train_flops_per_token(run_cfg.model, tc.seq_len)
@@ -174,7 +158,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
                 last = fetched[-1]
                 tokens_per_s = tc.batch_size * tc.seq_len / step_time
                 logger.log({"step": step, "loss": float(last["loss"]), "ce": float(last["ce"]), "z": float(last["z"]),
-                            "grad_norm": float(last["grad_norm"]), "lr": float(schedule(step - 1)),
+                            "grad_norm": float(last["grad_norm"]), "lr": float(program.schedule(step - 1)),
                             "tokens_per_s": tokens_per_s, "step_time_s": step_time,
                             "mfu": mfu(flops_per_token, tokens_per_s, jax.device_count(), peak),
                             **({"compile_s": compile_s} if first_log else {})})
@@ -284,10 +268,6 @@ def _place(tree, shardings):
         return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
 
     return jax.tree.map(put, tree, shardings)
-
-
-def _with_shardings(abstract, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
 def _install_sigterm():

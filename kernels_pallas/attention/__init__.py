@@ -5,7 +5,7 @@ block_k=..., interpret=...)`; `attention_reference` is the XLA reference beside 
 """
 
 from kernels_pallas.attention import gpu, tpu
-from kernels_pallas.attention.common import SUPPORTED_HEAD_DIMS
+from kernels_pallas.attention.common import SUPPORTED_HEAD_DIMS, check_inputs
 from kernels_pallas.attention.reference import attention_reference
 
 _VARIANTS = {"gpu": gpu, "tpu": tpu}
@@ -19,4 +19,4 @@ def flash_attention(q, k, v, *, platform: str = "gpu", **options):
     return _VARIANTS[platform].flash_attention(q, k, v, **options)
 
 
-__all__ = ["SUPPORTED_HEAD_DIMS", "attention_reference", "flash_attention"]
+__all__ = ["SUPPORTED_HEAD_DIMS", "attention_reference", "check_inputs", "flash_attention"]

@@ -5,6 +5,7 @@ pick the kernel for a platform ("gpu" | "tpu"); the XLA references live beside t
 """
 
 from kernels_pallas.rmsnorm import gpu, tpu
+from kernels_pallas.rmsnorm.common import check_inputs
 from kernels_pallas.rmsnorm.reference import rms_norm_reference, rms_norm_residual_reference
 
 _VARIANTS = {"gpu": gpu, "tpu": tpu}
@@ -26,4 +27,4 @@ def rms_norm_residual(x, residual, weight, eps: float = 1e-6, *, platform: str =
     return _variant(platform).rms_norm_residual(x, residual, weight, eps, **options)
 
 
-__all__ = ["rms_norm", "rms_norm_residual", "rms_norm_reference", "rms_norm_residual_reference"]
+__all__ = ["check_inputs", "rms_norm", "rms_norm_residual", "rms_norm_reference", "rms_norm_residual_reference"]

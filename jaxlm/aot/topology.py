@@ -1,0 +1,64 @@
+"""TPU topologies as devices to build a mesh on, without a TPU: libtpu's topology description."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from jaxlm.errors import JaxlmError
+
+# Per-chip HBM that the TPU compiler lets a program use (libtpu's "available HBM" in its
+# RESOURCE_EXHAUSTED message; slightly under the marketed size), by `device_kind`.
+CHIP_HBM_GIB: dict[str, float] = {
+    "TPU v4": 15.25,  # per TensorCore: libtpu shows a v4 chip as two devices
+    "TPU v5 lite": 15.75,  # v5e
+    "TPU v5": 95.74,  # v5p
+    "TPU v6 lite": 31.25,  # v6e
+}
+
+
+def topology_devices(name: str) -> list:
+    """The TPU devices of a topology such as "v5e:2x4" or "v5p:2x2x1" (compile-only: they cannot run)."""
+    try:
+        import libtpu  # noqa: F401  (only to tell a missing install from a bad name)
+    except ImportError:
+        raise JaxlmError("compiling for a TPU topology needs libtpu; install the extra: "
+                         "pip install 'jaxlm[tpu]' (it pins jax[tpu] to the installed jax)") from None
+    # libtpu probes for TPU hosts at start-up; on a host without one these keep it quiet. Compiling
+    # touches no chip, so several processes may load libtpu at once (it takes a lock file otherwise).
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+
+    try:
+        with _quiet_stderr():  # libtpu's start-up warnings about the missing TPU host
+            return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
+    except Exception as e:  # libtpu raises XlaRuntimeError / ValueError for an unknown topology
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "INVALID_ARGUMENT" not in first and "Invalid" not in first:
+            raise JaxlmError(f"libtpu could not describe topology {name!r}: {first}") from None
+        raise JaxlmError(f"unknown TPU topology {name!r} ({first}); give CHIP:SHAPE, e.g. v5e:2x2, v5e:2x4, "
+                         f"v5p:2x2x1, v4:2x2x1, v6e:2x2") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 (where libtpu's C++ logging goes) to /dev/null for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def chip_hbm_bytes(device) -> int | None:
+    """Usable HBM per chip for a device kind (None when unknown)."""
+    gib = CHIP_HBM_GIB.get(getattr(device, "device_kind", ""))
+    return None if gib is None else int(gib * 2 ** 30)

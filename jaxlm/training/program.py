@@ -1,0 +1,81 @@
+"""The train step as a program: model, shardings, optimizer and the jitted step, built from
+abstract shapes on a mesh, so nothing is allocated.
+
+The trainer compiles it and feeds it real arrays; `jaxlm compile` (jaxlm.compile) compiles it
+for a TPU topology on any host, to size a job before paying for it. Both build it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from jaxlm.errors import ConfigError
+from jaxlm.parallel import param_shardings, rules
+from jaxlm.quant import abstract_base_model
+from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
+from jaxlm.training.state import SplitModel, logical_axes, prepare_model, split_model
+from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    mesh: Mesh
+    split: SplitModel
+    params_abs: dict  # trainable params (ShapeDtypeStructs)
+    rest_abs: dict  # frozen variables
+    opt_abs: object  # optimizer state
+    p_shard: dict
+    r_shard: dict
+    o_shard: object
+    tx: object
+    schedule: object
+    step_fn: object  # jitted step(state, rest, batch) -> (state, metrics)
+
+    @property
+    def state_shard(self) -> dict:
+        return {"params": self.p_shard, "opt_state": self.o_shard}
+
+    def abstract_batch(self, batch_size: int, seq_len: int) -> dict:
+        sharding = rules.batch_sharding(self.mesh)
+        return {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                        sharding=sharding) for k in BATCH_KEYS}
+
+    def abstract_args(self, batch_size: int, seq_len: int) -> tuple:
+        """(state, rest, batch) as sharded ShapeDtypeStructs: what `step_fn.lower` takes."""
+        state = {"params": with_shardings(self.params_abs, self.p_shard),
+                 "opt_state": with_shardings(self.opt_abs, self.o_shard)}
+        return state, with_shardings(self.rest_abs, self.r_shard), self.abstract_batch(batch_size, seq_len)
+
+
+def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
+    """Everything the train step needs, from run_cfg's model/quant/lora/train sections, on `mesh`."""
+    tc = run_cfg.train
+    model_abs = prepare_model(run_cfg, abstract_base_model(run_cfg))  # quantized base when quant is on
+    split, params_abs, rest_abs = split_model(model_abs, run_cfg)
+    axes = logical_axes(split.trainable)
+    p_shard = param_shardings(axes, params_abs, mesh)
+    r_shard = param_shardings(logical_axes(split.rest), rest_abs, mesh)
+    tx, schedule = make_optimizer(tc, axes)
+    o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
+    step = make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss)
+    step_fn = jit_train_step(step, mesh, {"params": p_shard, "opt_state": o_shard}, r_shard)
+    return TrainProgram(mesh, split, params_abs, rest_abs, jax.eval_shape(tx.init, params_abs), p_shard, r_shard,
+                        o_shard, tx, schedule, step_fn)
+
+
+def check_batch(tc, mesh: Mesh, process_count: int) -> None:
+    """Each micro-batch must split evenly over the batch axes (and the batch over the processes)."""
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = tc.batch_size // tc.micro_batches
+    if micro % batch_ways or tc.batch_size % process_count:
+        raise ConfigError(f"train.batch_size {tc.batch_size} / micro_batches {tc.micro_batches} = {micro} sequences "
+                          f"per micro-batch must be divisible by mesh data x fsdp = {batch_ways} (and batch_size by "
+                          f"{process_count} processes); change train.batch_size or the mesh")
+
+
+def with_shardings(abstract, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
