@@ -1,7 +1,6 @@
 """Run checkpoints: restore onto other meshes, bad checkpoints fail clearly and overwrite nothing."""
 
 import dataclasses
-import os
 
 import jax
 import numpy as np
