@@ -127,10 +127,12 @@ def test_sharded_model_matches_xla_logits_and_grads():
             np.testing.assert_allclose(g, r, atol=2e-5, rtol=1e-4, err_msg=str(mesh_shape))
 
 
-def test_train_step_with_pallas_gives_the_xla_losses_on_four_meshes(tmp_path):
-    """XLA on one device is the reference (test_sharding shows XLA's losses agree across meshes)."""
+def test_train_step_with_pallas_gives_the_xla_losses(tmp_path):
+    """XLA on one device is the reference (test_sharding shows XLA's losses agree across meshes). Two of
+    the four meshes here (split and replicated heads, data and tensor axes); the model test above
+    checks the other two in logits and every gradient."""
     losses = {}
-    for impl, mesh in [("xla", (1, 1, 1))] + [("pallas", m) for m in MESHES]:
+    for impl, mesh in [("xla", (1, 1, 1)), ("pallas", (2, 2, 2)), ("pallas", (1, 1, 8))]:
         model = {"head_dim": 32, "qk_norm": True, "attention_impl": impl, "norm_impl": impl}  # 16 has no kernel
         cfg = tiny_run_config(tmp_path / f"{impl}{mesh}", steps=2, mesh=mesh, checkpoint={"every": 0}, model=model)
         devices = jax.devices()[:1] if mesh == (1, 1, 1) else None
