@@ -39,7 +39,7 @@ def test_trained_run_generates_the_same_greedy_text_in_transformers(tmp_path):
     assert lm.tokenizer.decode(jax_new) == tok.decode(hf_new)
 
 
-@pytest.mark.slow  # the same path is covered by the test above (train -> to-hf) and test_torch_openelm
+@pytest.mark.slow  # covered by the test above (train -> to-hf), test_torch_openelm and test_hf_openelm
 def test_trained_layerwise_run_matches_jaxlm_torch(tmp_path):
     from jaxlm.inference import load
     from jaxlm.tokenizer import load_tokenizer
@@ -55,3 +55,8 @@ def test_trained_layerwise_run_matches_jaxlm_torch(tmp_path):
     jax_new = load(run_dir).generate_ids([prompt], 32, stop_tokens=[], temperature=0.0).tokens[0]
     torch_new = load_openelm(tmp_path / "hf").generate(torch.tensor([prompt]), 32)[0].tolist()
     assert jax_new == torch_new
+    # The export's own model code (trust_remote_code), with transformers' KV cache.
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", trust_remote_code=True).eval()
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    assert out[0, len(prompt):].tolist() == jax_new

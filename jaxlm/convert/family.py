@@ -26,6 +26,8 @@ class Family:
     config_from_hf: Callable[[dict], dict]  # HF config.json -> the `model:` section of a jaxlm config
     # Suffixes of HF entries that hold no weights (old checkpoints saved RoPE buffers).
     ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    # Model code (in jaxlm/convert/hf_code) written beside the weights, for trust_remote_code.
+    code_files: tuple[str, ...] = ()
 
 
 def families() -> dict[str, Family]:

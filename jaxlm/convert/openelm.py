@@ -1,4 +1,6 @@
-"""OpenELM <-> Apple's HF layout (model_type "openelm", loaded with trust_remote_code or jaxlm.torch).
+"""OpenELM <-> Apple's HF layout (model_type "openelm"). The export carries its own model code
+(hf_code/configuration_openelm.py, modeling_openelm.py), so transformers loads it with
+trust_remote_code; jaxlm.torch reads it without transformers.
 
 Apple's OpenELMConfig recomputes the per-layer sizes from the multipliers (its num_query_heads
 list is overwritten on load), so a model exports only if its sizes follow from
@@ -123,4 +125,5 @@ def config_from_hf(hf: dict) -> dict:
     }
 
 
-FAMILY = Family("openelm", TOP, "transformer.layers.{i}.", LAYER, config_to_hf, config_from_hf)
+FAMILY = Family("openelm", TOP, "transformer.layers.{i}.", LAYER, config_to_hf, config_from_hf,
+                code_files=("configuration_openelm.py", "modeling_openelm.py"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from itertools import groupby
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from jaxlm.checkpoint.params_io import ParamReader, per_layer
 from jaxlm import outputs
-from jaxlm.convert import hf_io
+from jaxlm.convert import hf_code, hf_io
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.errors import JaxlmError
@@ -21,7 +22,8 @@ DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat
 
 def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: str | None = None,
           max_shard_size: str | int = "5GB", overwrite: bool = False) -> Path:
-    """Write config.json, generation_config.json, safetensors weights and tokenizer files to `out`.
+    """Write config.json, generation_config.json, safetensors weights and tokenizer files to `out`
+    (and, for OpenELM, the model code that transformers loads with trust_remote_code).
 
     src: a model dir, a run dir (latest step) or RUN_DIR/checkpoints/<step>. fmt: llama | phi3 |
     openelm (default: uniform -> llama, LongRoPE -> phi3, otherwise openelm). dtype: of the written
@@ -72,6 +74,9 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
                 writer.abort()
             raise
         hf_config["torch_dtype"] = hf_config["dtype"] = {v: k for k, v in DTYPES.items()}[out_dtype]
+        for name in family.code_files:  # remote code that config.json's auto_map names
+            shutil.copyfile(hf_code.code_path(name), tmp / name)
+            hf_config["jaxlm_code_version"] = hf_code.code_version(name)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}, indent=2))
