@@ -1,7 +1,8 @@
 """Pick a kernel implementation for the platform a program is built for.
 
-impl: "xla" (reference, works everywhere), "pallas" (kernels_pallas), "cudnn" (attention through
-`jax.nn.dot_product_attention` on GPU), or "auto": the entry of `AUTO` for the target platform.
+impl: "xla" (plain XLA, works everywhere; attention is blockwise), "pallas"
+(kernels_pallas), "cudnn" (attention through `jax.nn.dot_product_attention` on GPU), or "auto":
+the entry of `AUTO` for the target platform.
 
 The target platform is that of the devices the program is compiled for: the active mesh's
 devices (`jaxlm.parallel.use_mesh`, set by the train step and `jaxlm compile`), else the
@@ -28,7 +29,7 @@ import kernels_pallas.rmsnorm as pallas_rmsnorm
 from jaxlm.errors import JaxlmError
 from jaxlm.ops.sharded import per_shard
 from jaxlm.parallel import rules
-from kernels_pallas.attention import attention_reference
+from kernels_pallas.attention import blockwise_attention
 from kernels_pallas.rmsnorm import rms_norm_reference, rms_norm_residual_reference
 
 # What "auto" picks, per target platform and op. "measured" entries come from
@@ -118,27 +119,34 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
               kv_positions: jax.Array | None = None, impl: str = "auto") -> jax.Array:
     """q: (B, T, Hq, D), k/v: (B, S, Hkv, D) -> (B, T, Hq, D). See `attention_reference`.
 
-    Explicit positions (decoding against a KV cache) always take the XLA path: decode
-    attention is memory-bound and has no fused kernel here.
+    Explicit positions (prefill or decode against a KV cache) take the XLA path on every impl:
+    the flash kernels' causal mask is aligned by index (key s <= query t + S - T), which is not
+    that of a prompt written at the start of a longer cache. cuDNN (through jax.nn) has no
+    segment ids and aligns its causal mask top-left, so segments and causal T != S take the
+    XLA path too. The XLA path is `blockwise_attention` (O(T·block) memory); on a CPU it is as
+    fast as the dense reference for decode and faster for everything else (docs/kernels.md).
     """
     platform = target_platform()
     impl = resolve_impl(impl, "attention", platform)
-    if impl == "cudnn" and platform == "gpu" and q.dtype == jnp.float32:
-        impl = "xla"  # cuDNN has no float32 flash attention ("auto" on GPU; an explicit "cudnn" too)
-    decode = q_positions is not None or kv_positions is not None
-    _check_attention(q, k, v, same_dtype=impl != "xla" and not decode)
-    if impl == "xla" or decode:
-        return attention_reference(q, k, v, causal=causal, segment_ids=segment_ids,
-                                   q_positions=q_positions, kv_positions=kv_positions)
+    if impl == "cudnn" and platform != "gpu":
+        raise JaxlmError(f"attention impl 'cudnn' needs a GPU target (this one is {platform!r}); "
+                         f"use 'pallas' or 'xla'")
+    explicit = q_positions is not None or kv_positions is not None
+    if impl == "cudnn" and (q.dtype == jnp.float32 or segment_ids is not None
+                            or (causal and q.shape[1] != k.shape[1])):
+        impl = "xla"  # jax.nn's cuDNN call has no float32 kernel, no segment ids, no bottom-right causal mask
+    if explicit:
+        impl = "xla"
+    _check_attention(q, k, v, same_dtype=impl != "xla")
+    if impl == "xla":
+        return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids, q_positions=q_positions,
+                                   kv_positions=kv_positions)
     if impl == "pallas":
         kernel_platform, interpret = pallas_target(platform)
         kernel = functools.partial(pallas_attention.flash_attention, causal=causal, platform=kernel_platform,
                                    interpret=interpret)
     else:
-        if platform != "gpu":
-            raise JaxlmError(f"attention impl 'cudnn' needs a GPU target (this one is {platform!r}); "
-                             f"use 'pallas' or 'xla'")
-        kernel = functools.partial(_cudnn_attention, causal=causal)
+        kernel = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn")
     with _as_jaxlm_error():
         if impl == "pallas":
             pallas_attention.check_inputs(q, k, v, segment_ids)  # names the global shapes, not a shard's
@@ -147,18 +155,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         q_seg, kv_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
         return per_shard(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=(qs, ks)), (q, k, v, q_seg, kv_seg),
                          (QKV_AXES,) * 3 + (SEGMENT_AXES,) * 2, QKV_AXES)
-
-
-def _cudnn_attention(q, k, v, *, causal: bool, segment_ids=None):
-    """jax.nn.dot_product_attention(implementation="cudnn"). Packed segments become a dense
-    (B, 1, T, S) mask (cuDNN through jax.nn has no segment-id input)."""
-    if causal and q.shape[1] != k.shape[1]:  # jax.nn aligns the causal mask top-left; the model aligns bottom-right
-        return attention_reference(q, k, v, causal=causal, segment_ids=segment_ids)
-    mask = None
-    if segment_ids is not None:
-        q_seg, kv_seg = segment_ids
-        mask = (q_seg[:, :, None] == kv_seg[:, None, :])[:, None]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
 
 
 def _check_attention(q, k, v, same_dtype: bool) -> None:

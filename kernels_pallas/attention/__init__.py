@@ -1,10 +1,13 @@
 """Flash attention (forward + backward, causal, GQA, packed segments): GPU (Triton) and TPU (Mosaic).
 
 `flash_attention(q, k, v, causal=..., segment_ids=..., platform="gpu" | "tpu", block_q=...,
-block_k=..., interpret=...)`; `attention_reference` is the XLA reference beside it.
+block_k=..., interpret=...)`; `attention_reference` is the dense XLA reference (the test oracle)
+and `blockwise_attention` the same function in plain XLA with O(T·block) memory (lax loops and a
+recomputing custom VJP).
 """
 
 from kernels_pallas.attention import gpu, tpu
+from kernels_pallas.attention.blockwise import blockwise_attention
 from kernels_pallas.attention.common import SUPPORTED_HEAD_DIMS, check_inputs
 from kernels_pallas.attention.reference import attention_reference
 
@@ -19,4 +22,4 @@ def flash_attention(q, k, v, *, platform: str = "gpu", **options):
     return _VARIANTS[platform].flash_attention(q, k, v, **options)
 
 
-__all__ = ["SUPPORTED_HEAD_DIMS", "attention_reference", "check_inputs", "flash_attention"]
+__all__ = ["SUPPORTED_HEAD_DIMS", "attention_reference", "blockwise_attention", "check_inputs", "flash_attention"]
