@@ -97,14 +97,26 @@ def _natural(name: str):
 
 
 def _tokenizer_files(hf_dir: Path, tmp: Path) -> list[Path]:
-    """tokenizer.model (sentencepiece) or original/tokenizer.model (Llama 3 tiktoken), re-saved by
-    jaxlm's tokenizer so the model dir reads back with `load_tokenizer`. Only tokenizer.json: none."""
+    """The folder's tokenizer, re-saved by jaxlm's tokenizer so the model dir reads back with
+    `load_tokenizer`: tokenizer.json (with tokenizer_config.json and special_tokens_map.json, as
+    AutoTokenizer reads them first), else tokenizer.model (sentencepiece) or original/tokenizer.model
+    (Llama 3 tiktoken). The folder's tokenizer_config.json (chat template) and generation_config.json
+    (eos ids: a chat model's end-of-turn tokens) come along."""
     from jaxlm.tokenizer import load_tokenizer
+    from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_hf_config
 
-    for candidate in (hf_dir / "tokenizer.model", hf_dir / "original" / "tokenizer.model"):
+    files = []
+    if (hf_dir / GENERATION_FILE).is_file():
+        files.append(hf_dir / GENERATION_FILE)
+    for candidate in (hf_dir / "tokenizer.json", hf_dir / "tokenizer.model", hf_dir / "original" / "tokenizer.model"):
         if candidate.is_file():
             try:
-                return load_tokenizer(candidate).save(tmp)
+                tok = load_tokenizer(candidate)
             except JaxlmError:
+                if candidate.name == "tokenizer.json":
+                    raise  # AutoTokenizer would read it: a damaged one is named, not skipped
                 continue
-    return []
+            if tok.kind != "hf":
+                tok.hf_config = read_hf_config(hf_dir)
+            return files + tok.save(tmp)
+    return files

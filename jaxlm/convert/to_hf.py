@@ -16,6 +16,7 @@ from jaxlm.convert import hf_code, hf_io
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.errors import JaxlmError
+from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
 
@@ -78,9 +79,12 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
             shutil.copyfile(hf_code.code_path(name), tmp / name)
             hf_config["jaxlm_code_version"] = hf_code.code_version(name)
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}, indent=2))
-        _write_tokenizer(config_dir, tmp)
+        # A model dir made by from-hf keeps its source's generation_config.json (e.g. Llama 3 Instruct's
+        # list of eos ids, <|eot_id|> among them): it goes back out as it came.
+        generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}
+        generation.update(read_json(config_dir / GENERATION_FILE))
+        (tmp / GENERATION_FILE).write_text(json.dumps(generation, indent=2))
+        _write_tokenizer(config_dir, tmp, cfg.max_context)
     return out
 
 
@@ -105,13 +109,18 @@ def _check_saved(reader: ParamReader, plan, params_dir: Path, layered: bool) -> 
             raise JaxlmError(f"{'.'.join(path)}: saved shape {got} but the config implies {shape}")
 
 
-def _write_tokenizer(config_dir: Path, out: Path) -> None:
-    """The run's tokenizer: sentencepiece tokenizer.model at the top (as Llama/OpenELM/Phi-3 repos
-    ship it); a tiktoken rank file under original/, as Meta's Llama 3 repos ship theirs."""
+def _write_tokenizer(config_dir: Path, out: Path, model_max_length: int) -> None:
+    """The run's tokenizer: its own files (a sentencepiece tokenizer.model at the top, as
+    Llama/OpenELM/Phi-3 repos ship it; a tiktoken rank file under original/, as Meta's Llama 3 repos
+    ship theirs), then tokenizer.json, tokenizer_config.json and special_tokens_map.json for
+    AutoTokenizer (jaxlm.tokenizer.hf_export)."""
     from jaxlm.tokenizer import load_tokenizer
+    from jaxlm.tokenizer.hf_export import write_hf_tokenizer
 
     try:
         tok = load_tokenizer(config_dir)
     except JaxlmError:
         return
-    tok.save(out if tok.kind == "sentencepiece" else out / "original")
+    if tok.kind != "hf":
+        tok.save(out if tok.kind == "sentencepiece" else out / "original")
+    write_hf_tokenizer(tok, out, model_max_length)

@@ -8,24 +8,31 @@ from typing import Literal
 
 from jaxlm.assets import resolve_path
 from jaxlm.errors import JaxlmError
-from jaxlm.tokenizer import spm, tiktoken_bpe
+from jaxlm.tokenizer import hf_json, spm, tiktoken_bpe
 from jaxlm.tokenizer.base import Tokenizer
 
-Kind = Literal["auto", "sentencepiece", "tiktoken"]
+Kind = Literal["auto", "sentencepiece", "tiktoken", "hf"]
 
 
 def load_tokenizer(path: str | Path, kind: Kind = "auto") -> Tokenizer:
     """Open a tokenizer from a file or a directory holding one.
 
-    File: a sentencepiece `tokenizer.model` or a tiktoken rank file (told apart by content, since
-    Llama 3 also names its rank file tokenizer.model). Directory: its tokenizer.model (plus the
-    tiktoken sidecar jaxlm_tokenizer.json when present) or its single *.tiktoken file.
+    File: a sentencepiece `tokenizer.model`, a tiktoken rank file (told apart by content, since
+    Llama 3 also names its rank file tokenizer.model) or a Hugging Face `tokenizer.json`.
+    Directory: its tokenizer.json (what AutoTokenizer reads first), else its tokenizer.model (plus
+    the tiktoken sidecar jaxlm_tokenizer.json when present) or its single *.tiktoken file. A
+    tokenizer_config.json beside it (chat template, HF settings) comes with the tokenizer.
     `bundled:tokenizer` is the tokenizer shipped with the package.
     """
     p = resolve_path(path)
     if not p.exists():
         raise JaxlmError(f"tokenizer path {path} does not exist; give a tokenizer.model file or a directory "
                          f"holding one (e.g. bundled:tokenizer)")
+    json_file = p / hf_json.FILE_NAME if p.is_dir() else p
+    if kind in ("auto", "hf") and json_file.name == hf_json.FILE_NAME and json_file.is_file():
+        return hf_json.HFTokenizer.from_dir(json_file.parent)
+    if kind == "hf":
+        raise JaxlmError(f"no tokenizer.json in {p}; give a folder written by a Hugging Face tokenizer's save_pretrained")
     sidecar: dict | None = None
     if p.is_dir():
         if (p / tiktoken_bpe.SIDECAR_FILE).is_file():
@@ -33,7 +40,7 @@ def load_tokenizer(path: str | Path, kind: Kind = "auto") -> Tokenizer:
         candidates = [p / spm.FILE_NAME] + sorted(p.glob("*.tiktoken"))
         found = [c for c in candidates if c.is_file()]
         if not found:
-            raise JaxlmError(f"no tokenizer in {p} (looked for tokenizer.model and *.tiktoken); "
+            raise JaxlmError(f"no tokenizer in {p} (looked for tokenizer.json, tokenizer.model and *.tiktoken); "
                              f"train one with `jaxlm tokenizer train` or point at the file")
         p = found[0]
     elif (p.parent / tiktoken_bpe.SIDECAR_FILE).is_file():
@@ -44,10 +51,13 @@ def load_tokenizer(path: str | Path, kind: Kind = "auto") -> Tokenizer:
         else:
             kind = "tiktoken" if tiktoken_bpe.looks_like_ranks(p) else "sentencepiece"
     if kind == "tiktoken":
-        return tiktoken_bpe.TiktokenTokenizer.from_file(p, sidecar)
-    if kind == "sentencepiece":
-        return spm.SentencePieceTokenizer.from_file(p)
-    raise JaxlmError(f"unknown tokenizer kind {kind!r}; use auto, sentencepiece or tiktoken")
+        tok = tiktoken_bpe.TiktokenTokenizer.from_file(p, sidecar)
+    elif kind == "sentencepiece":
+        tok = spm.SentencePieceTokenizer.from_file(p)
+    else:
+        raise JaxlmError(f"unknown tokenizer kind {kind!r}; use auto, sentencepiece, tiktoken or hf")
+    tok.hf_config = hf_json.read_hf_config(p.parent)
+    return tok
 
 
 def _read_sidecar(path: Path) -> dict:

@@ -77,4 +77,12 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: str | Path) -> list[Path]:
         from jaxlm.outputs import write_file
 
-        return [write_file(Path(directory) / FILE_NAME, self._proto)]
+        return [write_file(Path(directory) / FILE_NAME, self._proto)] + self._save_hf_config(Path(directory))
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {self._sp.id_to_piece(i): i for i in range(self.vocab_size) if self._sp.is_control(i)}
+
+    @property
+    def model_proto(self) -> bytes:
+        return self._proto

@@ -147,7 +147,32 @@ class TiktokenTokenizer(Tokenizer):
         sidecar = json.dumps({"kind": self.kind, "pattern": self._pattern, "special_tokens": self._specials,
                               "bos_token": self._bos_token, "eos_token": self._eos_token,
                               "pad_token": self._pad_token}, indent=1)
-        return [write_file(directory / name, text) for name, text in ((RANKS_FILE, ranks), (SIDECAR_FILE, sidecar))]
+        return ([write_file(directory / name, text) for name, text in ((RANKS_FILE, ranks), (SIDECAR_FILE, sidecar))]
+                + self._save_hf_config(directory))
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._specials)
+
+    @property
+    def ranks(self) -> dict[bytes, int]:
+        return self._ranks
+
+    @property
+    def pattern(self) -> str:
+        return self._pattern
+
+    @property
+    def bos_token(self) -> str:
+        return self._bos_token
+
+    @property
+    def eos_token(self) -> str:
+        return self._eos_token
+
+    @property
+    def pad_token(self) -> str | None:
+        return self._pad_token
 
 
 def _slices(text: str):
