@@ -3,6 +3,7 @@
     corpus/train/*.txt   8 modern-spelling plays (the training text of the default configs)
     corpus/valid/*.txt   2 held-back plays (validation loss, tokenizer round-trip tests)
     tokenizer/tokenizer.model   sentencepiece BPE, 2048 pieces, byte fallback (bos 1, eos 2, pad 3, unk 0)
+    chat/script.jinja    a play-script chat template, for `jaxlm generate --chat` on models without one
 
 Configs name them with the prefix `bundled:` (e.g. `bundled:corpus/train`, `bundled:tokenizer`),
 which resolves inside the installed package, whatever the working directory.

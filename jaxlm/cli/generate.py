@@ -1,13 +1,15 @@
 """`jaxlm generate --ckpt DIR --prompt TEXT`: continue a prompt, streaming tokens to stdout.
 
 Several --prompt flags decode as one batch (printed when done). --interactive reads prompts
-from stdin, one per line, until end of input.
+from stdin, one per line, until end of input. --chat talks to an instruct model through its chat
+template, keeping the history (jaxlm/cli/chat.py).
 """
 
 from __future__ import annotations
 
 import sys
 
+from jaxlm.cli.chat import add_chat_args
 from jaxlm.cli.common import positive_int
 
 
@@ -16,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--ckpt", required=True, metavar="DIR", help="model dir, run dir or RUN_DIR/checkpoints/<step>")
     p.add_argument("--prompt", action="append", default=[], help="text to continue (repeat for a batch)")
     p.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    add_chat_args(p)
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -40,9 +43,16 @@ def run(args) -> int:
     from jaxlm.errors import JaxlmError
     from jaxlm.inference import SamplingParams, load
 
-    if not args.prompt and not args.interactive:
-        raise JaxlmError("give --prompt TEXT (repeatable) or --interactive")
+    if not args.prompt and not args.interactive and not args.chat:
+        raise JaxlmError("give --prompt TEXT (repeatable), --interactive or --chat")
+    if not args.chat and (args.system is not None or args.chat_template is not None):
+        raise JaxlmError("--system and --chat-template need --chat")
     SamplingParams(**sampling_kwargs(args))  # reject bad knobs before loading the model
+    if args.chat:
+        from jaxlm.cli.chat import read_template, run_chat
+
+        read_template(args.chat_template)  # a bad path fails before the model loads
+        return run_chat(load(args.ckpt, cache_dtype=args.cache_dtype), args, sampling_kwargs(args))
     lm = load(args.ckpt, cache_dtype=args.cache_dtype)
     kw = sampling_kwargs(args)
     if len(args.prompt) > 1:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxlm.errors import JaxlmError
+from jaxlm.inference import chat as chat_lib
 from jaxlm.inference.engine import Engine, GenerationOutput
 from jaxlm.inference.sampling import SamplingParams
 from jaxlm.inference.scoring import Scorer
@@ -25,28 +26,32 @@ def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "Langua
 
     cache_dtype: KV cache storage, auto (the model's compute dtype) | float32 | bfloat16 | int8.
     tokenizer: a tokenizer object or path, to override the one saved with the model.
+    The model dir's generation_config.json (from `jaxlm convert from-hf`) gives chat stop ids.
     """
     from jaxlm.checkpoint import load_model
-    from jaxlm.checkpoint.locate import load_tokenizer_for
+    from jaxlm.checkpoint.locate import load_tokenizer_for, locate
     from jaxlm.tokenizer import load_tokenizer
+    from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
 
     _, model = load_model(path)
     if tokenizer is None:
         tokenizer = load_tokenizer_for(path)
     elif isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(tokenizer)
-    return LanguageModel(model, tokenizer, cache_dtype=cache_dtype)
+    generation_config = read_json(locate(path)[0] / GENERATION_FILE)
+    return LanguageModel(model, tokenizer, cache_dtype=cache_dtype, generation_config=generation_config)
 
 
 class LanguageModel:
     """A model with its tokenizer: generation on strings, streaming, log-probabilities, perplexity."""
 
-    def __init__(self, model, tokenizer, cache_dtype: str = "auto"):
+    def __init__(self, model, tokenizer, cache_dtype: str = "auto", generation_config: dict | None = None):
         from jaxlm.tokenizer import check_vocab
 
         check_vocab(model.cfg.vocab_size, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
+        self.generation_config = dict(generation_config or {})  # HF generation_config.json: eos ids for chat
         self.cfg = model.cfg
         self.engine = Engine(model, cache_dtype=cache_dtype, vocab_limit=tokenizer.vocab_size)
         self.scorer = Scorer(model)
@@ -91,7 +96,9 @@ class LanguageModel:
         The loop runs in a worker thread and reports each step through a host callback; closing the
         generator early (break) tells the loop to stop.
         """
-        ids = self.encode_prompts([prompt], add_bos)
+        return self._stream_ids(self.encode_prompts([prompt], add_bos), max_new_tokens, stop_tokens, sampling)
+
+    def _stream_ids(self, ids: list[list[int]], max_new_tokens: int, stop_tokens, sampling: dict) -> Iterator[str]:
         q: queue.Queue = queue.Queue()
         closed = threading.Event()
 
@@ -133,6 +140,32 @@ class LanguageModel:
         finally:
             closed.set()
             worker.join()
+
+    # ---- chat (jaxlm/inference/chat.py) ---------------------------------------------------------
+    def chat_prompt(self, messages, *, chat_template: str | None = None, add_generation_prompt: bool = True,
+                    **template_kwargs) -> list[int]:
+        """The ids of `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` in transformers."""
+        return chat_lib.prompt_ids(self.tokenizer, messages, chat_template, add_generation_prompt, **template_kwargs)
+
+    def chat(self, messages, max_new_tokens: int = 256, *, chat_template: str | None = None, stop_tokens=None,
+             **sampling) -> str | list[str]:
+        """The assistant's reply to a conversation ([{"role": ..., "content": ...}, ...]), or a list of
+        replies to a list of conversations (one batch). Stops at the end of the turn (chat_lib.stop_ids)."""
+        batch = messages if chat_lib.is_batch(messages) else [messages]
+        ids = [self.chat_prompt(m, chat_template=chat_template) for m in batch]
+        stops = chat_lib.stop_ids(self.tokenizer, self.generation_config, chat_template) if stop_tokens is None \
+            else stop_tokens
+        out = self.generate_ids(ids, max_new_tokens, stop_tokens=stops, **sampling)
+        replies = [self.continuation_text(p, t) for p, t in zip(ids, out.tokens)]
+        return replies if chat_lib.is_batch(messages) else replies[0]
+
+    def stream_chat(self, messages, max_new_tokens: int = 256, *, chat_template: str | None = None,
+                    stop_tokens=None, **sampling) -> Iterator[str]:
+        """Yield the reply to one conversation piece by piece (see `chat` and `stream`)."""
+        ids = [self.chat_prompt(messages, chat_template=chat_template)]
+        stops = chat_lib.stop_ids(self.tokenizer, self.generation_config, chat_template) if stop_tokens is None \
+            else stop_tokens
+        return self._stream_ids(ids, max_new_tokens, stops, sampling)
 
     def continuation_text(self, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
         """Text of new_ids as a continuation of the prompt (keeps the leading space sentencepiece drops)."""

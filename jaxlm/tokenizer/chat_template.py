@@ -1,0 +1,92 @@
+"""Chat templates (Jinja, from tokenizer_config.json) rendered as transformers' `apply_chat_template`
+renders them, so a chat prompt is the same text, and then the same ids.
+
+The environment is transformers' (5.24, `utils/chat_template_utils.py`): a sandboxed, immutable
+Jinja environment with trim_blocks and lstrip_blocks, the loop-controls extension, a `tojson`
+filter that does not escape HTML, the globals `raise_exception` and `strftime_now`, and a
+`{% generation %}` tag (rendered as its body). The template sees `messages`, `tools`, `documents`,
+`add_generation_prompt`, the tokenizer's named special tokens (`bos_token`, `eos_token`, ...) and
+any extra keyword arguments. Messages are dicts; keys whose value is None are dropped, as
+transformers does.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from jaxlm.errors import JaxlmError
+
+# End-of-turn markers of the common chat formats (Llama 3, Phi-3, ChatML, Gemma): a chat stops at
+# whichever of them the template writes and the tokenizer has as a special token.
+END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>")
+
+
+@functools.lru_cache(maxsize=16)
+def compile_template(source: str):
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; it renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise JaxlmError(f"the chat template does not parse (line {e.lineno}: {e.message}); fix chat_template in "
+                         f"tokenizer_config.json") from None
+
+
+def check_messages(messages) -> list[dict]:
+    """A list of {"role": ..., "content": ...} dicts (None values dropped), or a JaxlmError naming the bad one."""
+    if isinstance(messages, Mapping) or not isinstance(messages, Sequence) or isinstance(messages, str):
+        raise JaxlmError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    if not messages:
+        raise JaxlmError("messages is empty; give at least one {'role': 'user', 'content': ...} message")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise JaxlmError(f"message {i} must be a dict with a 'role' string and a 'content', got {m!r:.80}")
+        out.append({k: v for k, v in m.items() if v is not None})
+    return out
+
+
+def render_chat(template: str, messages, special_tokens: Mapping[str, str], add_generation_prompt: bool = True,
+                tools=None, documents=None, **kwargs) -> str:
+    """The prompt text `apply_chat_template(messages, tokenize=False, ...)` gives."""
+    import jinja2
+
+    context = {**special_tokens, **kwargs}
+    try:
+        return compile_template(template).render(messages=check_messages(messages), tools=tools, documents=documents,
+                                                 add_generation_prompt=add_generation_prompt, **context)
+    except jinja2.exceptions.TemplateError as e:  # raise_exception(...) in the template, or a bad construct
+        raise JaxlmError(f"the chat template refused the conversation: {e}") from None
+
+
+def end_of_turn_ids(template: str, special_tokens: Mapping[str, int]) -> list[int]:
+    """Ids of the end-of-turn markers that the template writes."""
+    return [special_tokens[t] for t in END_OF_TURN if t in template and t in special_tokens]
