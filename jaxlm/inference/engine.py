@@ -178,8 +178,9 @@ def prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *,
     b, t = tokens.shape
     cache = kv_cache.init_cache(model.cfg, b, cache_len, cache_dtype)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    logits, cache = model(tokens, positions=positions, cache=cache)  # (B, T, V)
-    last = logits[jnp.arange(b), lengths - 1]  # (B, V) logits after each row's last real token
+    hidden, cache = model.hidden_states(tokens, positions=positions, cache=cache)  # (B, T, D)
+    # Project only each row's last real token: (B, 1, D) -> (B, V), not (B, T, V) logits.
+    last = model.logits(hidden[jnp.arange(b), lengths - 1][:, None])[:, 0]
     valid = jnp.arange(t)[None, :] < lengths[:, None]
     seen = jnp.zeros(last.shape, bool).at[jnp.arange(b)[:, None], tokens].max(valid)
     first = next_token(last, seen, jax.random.fold_in(key, 0), knobs, greedy=greedy, vocab_limit=vocab_limit)

@@ -138,6 +138,13 @@ class Transformer(nnx.Module):
         cache: from `kv_cache.init_cache`; then tokens are written at `positions` and
         (logits, new_cache) is returned. Logits (B, T, V) are float32.
         """
+        out = self.hidden_states(tokens, positions=positions, segment_ids=segment_ids, cache=cache)
+        return self.logits(out) if cache is None else (self.logits(out[0]), out[1])
+
+    def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None, cache: list | None = None):
+        """As __call__, but stops before the output projection: (B, T, D) after the final norm, in
+        the compute dtype (and the new cache). The train step and prefill project only what they need."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
         if positions is None:
@@ -157,12 +164,24 @@ class Transformer(nnx.Module):
                                            kwargs)
                 new_cache.append(group_cache)
         x = ops.rms_norm(x, self.final_norm[...], cfg.norm_eps, cfg.norm_impl)
+        return x if cache is None else (x, new_cache)
+
+    def output_head(self) -> tuple[str, jax.Array]:
+        """The output projection as (einsum equation (B, T, D) -> (B, T, V), weight): the embedding
+        (V, D) when tied, lm_head (D, V) otherwise; a quantized weight comes back dequantized."""
         if self.lm_head is None:
-            logits = ops.dense("btd,vd->btv", x, self.embed[...], dtype=dtype)
-        else:
-            logits = ops.dense("btd,dv->btv", x, self.lm_head[...], dtype=dtype)
-        logits = logits.astype(jnp.float32)
-        return logits if cache is None else (logits, new_cache)
+            return "btd,vd->btv", jnp.asarray(self.embed[...])
+        return "btd,dv->btv", jnp.asarray(self.lm_head[...])
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """x (B, T, D) from `hidden_states` -> logits (B, T, V) float32 (see `project_logits`)."""
+        return project_logits(x, *self.output_head())
+
+
+def project_logits(x: jax.Array, equation: str, weight: jax.Array) -> jax.Array:
+    """The output projection in x's (compute) dtype with float32 accumulation, kept in float32
+    (not rounded to bf16 and upcast): (B, T, D) -> (B, T, V) float32."""
+    return ops.dense(equation, x, weight, out_dtype=jnp.float32)
 
 
 def run_group(block: Block, x, cos, sin, cache, remat: str, kwargs):

@@ -27,6 +27,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # decoupled (AdamW); not applied to norm weights (1-D per layer)
     clip_norm: float = 1.0  # global-norm gradient clipping; 0 disables
     z_loss: float = 1e-4  # coefficient of mean(logsumexp(logits)^2) added to the loss
+    loss_chunk: int = 512  # sequence positions per loss chunk: the step holds (B, loss_chunk, V) f32 logits
     log_every: int = 10  # steps between metric lines (console, metrics.jsonl, TensorBoard)
     out_dir: str = "runs/default"  # the run directory (config.yaml, tokenizer, checkpoints/, metrics)
     init_from: str | None = None  # a model dir or run dir whose params start this run (fine-tuning)
@@ -36,7 +37,7 @@ class TrainConfig:
     stop_after: int | None = None  # end the process after this many steps (tests), as if preempted
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every"):
+        for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "loss_chunk"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size % self.micro_batches:

@@ -61,7 +61,7 @@ def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     r_shard = param_shardings(logical_axes(split.rest), rest_abs, mesh)
     tx, schedule = make_optimizer(tc, axes)
     o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
-    step = make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss)
+    step = make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss, loss_chunk=tc.loss_chunk)
     step_fn = jit_train_step(step, mesh, {"params": p_shard, "opt_state": o_shard}, r_shard)
     return TrainProgram(mesh, split, params_abs, rest_abs, jax.eval_shape(tx.init, params_abs), p_shard, r_shard,
                         o_shard, tx, schedule, step_fn)

@@ -13,20 +13,24 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlm.parallel import rules
-from jaxlm.training.loss import loss_sums
+from jaxlm.training.loss import LOSS_CHUNK, chunked_loss_sums
 from jaxlm.training.state import SplitModel
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 
 
 def make_train_step(split: SplitModel, tx: optax.GradientTransformation, *, micro_batches: int,
-                    z_loss: float):
-    """Returns step(state, rest, batch) -> (state, metrics); batch arrays are (B, T)."""
+                    z_loss: float, loss_chunk: int = LOSS_CHUNK):
+    """Returns step(state, rest, batch) -> (state, metrics); batch arrays are (B, T).
+
+    The loss is computed over `loss_chunk` positions at a time (`chunked_loss_sums`): the step
+    never holds the (B, T, V) float32 logits.
+    """
 
     def loss_fn(params, rest, mb):
         model = split.merge(params, rest)
-        logits = model(mb["inputs"], positions=mb["positions"], segment_ids=mb["segment_ids"])  # (b, T, V)
-        sums = loss_sums(logits, mb["targets"], mb["loss_mask"], z_loss)
+        hidden = model.hidden_states(mb["inputs"], positions=mb["positions"], segment_ids=mb["segment_ids"])
+        sums = chunked_loss_sums(hidden, model.output_head(), mb["targets"], mb["loss_mask"], z_loss, loss_chunk)
         return sums["total"], sums
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
