@@ -24,6 +24,14 @@ class Scorer:
         self.cfg = model.cfg
         graphdef, self.state = nnx.split(model)
         self._logprobs = jax.jit(functools.partial(_target_logprobs, graphdef))
+        self._scores = jax.jit(functools.partial(_target_scores, graphdef))
+
+    def score_batch(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ids (B, T+1) int32, mask (B, T) -> (log p(ids[:, 1:] | prefix) (B, T) float32, whether each
+        target is the most likely token (B, T) bool), zero / False where mask is 0. One compiled call
+        per shape: callers pad to a few fixed shapes (the lm-eval adapter does)."""
+        lp, top = self._scores(self.state, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.float32))
+        return np.asarray(lp), np.asarray(top)
 
     def token_logprobs(self, tokens: list[int]) -> np.ndarray:
         """log p(tokens[i] | tokens[:i]) for i = 1 .. n-1: (n - 1,) float32. Needs n >= 2."""
@@ -72,6 +80,15 @@ class Scorer:
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+def _target_scores(graphdef, state, ids, mask):
+    """ids (B, T+1), mask (B, T) -> target log-probs (B, T) and target == argmax (B, T), masked."""
+    model = nnx.merge(graphdef, state)
+    logp = jax.nn.log_softmax(model(ids[:, :-1]), axis=-1)  # (B, T, V) float32
+    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    top = (jnp.argmax(logp, axis=-1) == ids[:, 1:]) & (mask > 0)
+    return picked * mask, top
 
 
 def _target_logprobs(graphdef, state, ids, mask):

@@ -75,7 +75,9 @@ class Tokenizer(abc.ABC):
         specials = self.special_tokens
         if not specials:
             return self.encode(text)
-        pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+        if getattr(self, "_special_pattern", None) is None:  # built once: the special tokens never change
+            self._special_pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+        pattern = self._special_pattern
         ids, pos = [], 0
         for m in pattern.finditer(text):
             if m.start() > pos:

@@ -28,6 +28,8 @@ class SentencePieceTokenizer(Tokenizer):
         pad, unk = self._sp.pad_id(), self._sp.unk_id()
         # LLaMA-2's model has no pad piece (pad_id -1): pad with unk, which the loss mask hides anyway.
         self._pad = pad if pad >= 0 else (unk if unk >= 0 else self._eos)
+        self._controls = {self._sp.id_to_piece(i): i for i in range(self._sp.get_piece_size())
+                          if self._sp.is_control(i)}
 
     @classmethod
     def from_file(cls, path: str | Path) -> "SentencePieceTokenizer":
@@ -81,7 +83,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return {self._sp.id_to_piece(i): i for i in range(self.vocab_size) if self._sp.is_control(i)}
+        return dict(self._controls)
 
     @property
     def model_proto(self) -> bytes:
