@@ -140,11 +140,12 @@ def _maybe(cfg: _Static, q_hi, k_lo, step, carry):
 def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
     """-> o (nq, B, Hkv, G, bq, D) in q.dtype, lse (nq, B, Hkv, G, bq) float32."""
     n_k = kb.shape[0]
-    k_lo = jnp.min(kpos, axis=(1, 2))  # (nk,) smallest key position of each block (over the batch)
+    # Per block, over the batch: the largest query / smallest key position (reduced once, outside
+    # the loops, so a batch-sharded program does not all-reduce inside them).
+    q_his, k_lo = jnp.max(qpos, axis=(1, 2)), jnp.min(kpos, axis=(1, 2))  # (nq,), (nk,)
 
     def query_block(xs):
-        q, qp, qs = xs
-        q_hi = jnp.max(qp)
+        q, qp, qs, q_hi = xs
 
         def key_block(j, carry):
             def step(carry):
@@ -172,18 +173,17 @@ def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
         lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
         return o.astype(q.dtype), lse[..., 0]
 
-    return jax.lax.map(query_block, (qb, qpos, qseg))
+    return jax.lax.map(query_block, (qb, qpos, qseg, q_his))
 
 
 def _backward(qb, kb, vb, qpos, kpos, qseg, kseg, ob, lse, dob, cfg: _Static):
     """FlashAttention-2 backward, one pass over key blocks -> dq, dk, dv in the inputs' dtypes."""
     n_q = qb.shape[0]
     delta = jnp.sum(ob.astype(jnp.float32) * dob.astype(jnp.float32), axis=-1)  # (nq, B, Hkv, G, bq)
-    q_hi = jnp.max(qpos, axis=(1, 2))  # (nq,)
+    q_hi, k_los = jnp.max(qpos, axis=(1, 2)), jnp.min(kpos, axis=(1, 2))  # (nq,), (nk,) as in the forward
 
     def key_block(dq, xs):
-        k, v, kp, ks, j = xs
-        k_lo = jnp.min(kp)
+        k, v, kp, ks, k_lo, j = xs
 
         def query_block(i, carry):
             def step(carry):
@@ -207,7 +207,7 @@ def _backward(qb, kb, vb, qpos, kpos, qseg, kseg, ob, lse, dob, cfg: _Static):
         dq, dk, dv = jax.lax.fori_loop(0, n_q, query_block, (dq, zeros, zeros))
         return dq, (dk * cfg.sm_scale, dv)
 
-    xs = (kb, vb, kpos, kseg, jnp.arange(kb.shape[0]))
+    xs = (kb, vb, kpos, kseg, k_los, jnp.arange(kb.shape[0]))
     dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(qb.shape, jnp.float32), xs)
     return (dq * cfg.sm_scale).astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype)
 
