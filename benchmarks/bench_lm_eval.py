@@ -78,7 +78,8 @@ def bench_model(name: str, reqs, runs: int, hf: bool, tmp: Path) -> list[dict]:
         to_hf(tmp / name, tmp / f"{name}_hf")
         torch.set_num_threads(1)  # 2 threads were far slower on this loaded 2-core machine (bench_decode.py)
         for bs in (1, 8):
-            model = HFLM(pretrained=str(tmp / f"{name}_hf"), device="cpu", dtype="float32", batch_size=bs)
+            model = HFLM(pretrained=str(tmp / f"{name}_hf"), device="cpu", dtype="float32", batch_size=bs,
+                         trust_remote_code=True)  # the OpenELM layout brings its model code
             t = best_time(lambda: model.loglikelihood(reqs, disable_tqdm=True), runs)
             rows.append({"model": name, "params": params, "impl": "lm-eval hf (torch, 1 thread)", "batch": bs,
                          "s": t, "req/s": len(reqs) / t})

@@ -18,8 +18,9 @@ It follows lm-eval's Hugging Face model (`--model hf`) request by request, so a 
   max_gen_toks tokens, stopping at EOS or once every row holds a stop string, the text cut at the
   first stop string; contexts left-truncated to max_length - max_gen_toks.
 Batched: requests are sorted by length and scored `batch_size` rows at a time in padded, bucketed
-shapes (one compiled forward per shape, jaxlm.inference.scoring.Scorer.score_batch); generation
-runs `batch_size` rows at a time through the compiled engine.
+shapes (one compiled forward per shape, `Scorer.continuation_scores`: only the continuation's
+positions go through the output layer); generation runs `batch_size` rows at a time through the
+compiled engine.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from jaxlm.errors import JaxlmError
 
 BUCKET = 32  # padded widths are multiples of this: few compiled shapes
+
+
+def _bucket(n: int, m: int) -> int:
+    return -(-n // m) * m
 
 
 def _bool_arg(value) -> bool | None:
@@ -66,7 +71,9 @@ class JaxlmLM(TemplateLM):
         if self._batch_size < 1:
             raise JaxlmError(f"batch_size must be >= 1, got {batch_size}")
         self._max_length = int(max_length or lm.cfg.max_context)
-        self.add_bos_token = _bool_arg(add_bos_token)
+        add_bos_token = _bool_arg(add_bos_token)
+        self.add_bos_token = self._adds_bos_by_default() if add_bos_token is None else add_bos_token
+        self._bos_text = self.tok.decode([self.prefix_token_id]) if self.prefix_token_id >= 0 else ""
         self._specials = set(self.tok.special_tokens.values())
 
     # ---- what TemplateLM and the harness ask for ----------------------------------------------
@@ -99,11 +106,8 @@ class JaxlmLM(TemplateLM):
         return True  # jaxlm's exports add BOS in their tokenizer.json
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        if add_special_tokens is None:
-            add_special_tokens = self.add_bos_token if self.add_bos_token is not None else self._adds_bos_by_default()
-            bos_text = self.tok.decode([self.prefix_token_id]) if self.prefix_token_id >= 0 else None
-            if bos_text and string.startswith(bos_text):
-                add_special_tokens = False
+        if add_special_tokens is None:  # the default: BOS as the tokenizer adds it, unless the text has it
+            add_special_tokens = self.add_bos_token and not (self._bos_text and string.startswith(self._bos_text))
         ids = self.tok.encode_special(string)  # special-token text reads as ids, as in transformers
         return ([self.tok.bos_id] + ids) if add_special_tokens and self.tok.bos_id >= 0 else ids
 
@@ -125,20 +129,20 @@ class JaxlmLM(TemplateLM):
         results: list[tuple[float, bool] | None] = [None] * len(rows)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
-            width = min(-(-max(len(rows[i][0]) for i in chunk) // BUCKET) * BUCKET, self.max_length + 1)
-            ids = np.zeros((self.batch_size, width), np.int32)  # fixed batch: one program per width
-            mask = np.zeros((self.batch_size, width - 1), np.float32)
-            spans = []
+            # Widths and the number of scored positions are bucketed and the batch padded to full size,
+            # so few shapes get compiled.
+            width = min(_bucket(max(len(rows[i][0]) for i in chunk), BUCKET), self.max_length + 1)
+            k = min(_bucket(max(rows[i][1] for i in chunk), 8), width - 1)
+            ids = np.zeros((self.batch_size, width), np.int32)
+            ends = np.full((self.batch_size,), k + 1, np.int32)
             for r, i in enumerate(chunk):
-                whole, n_cont = rows[i]
+                whole = rows[i][0]
                 ids[r, :len(whole)] = whole
-                # target t of row r is ids[r, t + 1]: the continuation is the last n_cont targets
-                begin, end = len(whole) - 1 - n_cont, len(whole) - 1
-                mask[r, begin:end] = 1
-                spans.append((r, i, begin, end))
-            logprobs, top = self.lm.scorer.score_batch(ids, mask)
-            for r, i, begin, end in spans:
-                results[i] = (float(logprobs[r, begin:end].sum(dtype=np.float64)), bool(top[r, begin:end].all()))
+                ends[r] = len(whole)
+            logprobs, top = self.lm.scorer.continuation_scores(ids, ends, k)
+            for r, i in enumerate(chunk):
+                n = rows[i][1]  # the continuation: the last n of the k scored tokens
+                results[i] = (float(logprobs[r, k - n:].sum(dtype=np.float64)), bool(top[r, k - n:].all()))
                 self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
         return results
 

@@ -24,13 +24,14 @@ class Scorer:
         self.cfg = model.cfg
         graphdef, self.state = nnx.split(model)
         self._logprobs = jax.jit(functools.partial(_target_logprobs, graphdef))
-        self._scores = jax.jit(functools.partial(_target_scores, graphdef))
+        self._continuations = jax.jit(functools.partial(_continuation_scores, graphdef), static_argnames="k")
 
-    def score_batch(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ids (B, T+1) int32, mask (B, T) -> (log p(ids[:, 1:] | prefix) (B, T) float32, whether each
-        target is the most likely token (B, T) bool), zero / False where mask is 0. One compiled call
-        per shape: callers pad to a few fixed shapes (the lm-eval adapter does)."""
-        lp, top = self._scores(self.state, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.float32))
+    def continuation_scores(self, ids: np.ndarray, ends: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The last k tokens before each row's end, scored: ids (B, W) int32, ends (B,) -> (log p(ids[b, e-k+j] |
+        ids[b, :e-k+j]) (B, k) float32, whether each is the most likely token (B, k) bool), e = ends[b].
+        Only those B * k positions go through the output layer. Targets at position 0 (nothing
+        before them) come back as 0 / False. One compiled call per (B, W, k): callers bucket them."""
+        lp, top = self._continuations(self.state, jnp.asarray(ids, jnp.int32), jnp.asarray(ends, jnp.int32), k=k)
         return np.asarray(lp), np.asarray(top)
 
     def token_logprobs(self, tokens: list[int]) -> np.ndarray:
@@ -82,13 +83,19 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def _target_scores(graphdef, state, ids, mask):
-    """ids (B, T+1), mask (B, T) -> target log-probs (B, T) and target == argmax (B, T), masked."""
+def _continuation_scores(graphdef, state, ids, ends, *, k: int):
+    """ids (B, W), ends (B,) -> log-probs and argmax hits (B, k) of targets ends-k .. ends-1."""
     model = nnx.merge(graphdef, state)
-    logp = jax.nn.log_softmax(model(ids[:, :-1]), axis=-1)  # (B, T, V) float32
-    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-    top = (jnp.argmax(logp, axis=-1) == ids[:, 1:]) & (mask > 0)
-    return picked * mask, top
+    b = ids.shape[0]
+    hidden = model.hidden_states(ids[:, :-1])  # (B, W - 1, D): the last token is only ever a target
+    targets = ends[:, None] - k + jnp.arange(k)[None, :]  # (B, k) positions of the scored tokens
+    valid = targets >= 1
+    sources = jnp.maximum(targets - 1, 0)  # the position whose output predicts each target
+    rows = jnp.arange(b)[:, None]
+    logp = jax.nn.log_softmax(model.logits(hidden[rows, sources]), axis=-1)  # (B, k, V) float32
+    want = ids[rows, jnp.maximum(targets, 0)]
+    picked = jnp.take_along_axis(logp, want[..., None], axis=-1)[..., 0]
+    return jnp.where(valid, picked, 0.0), valid & (jnp.argmax(logp, axis=-1) == want)
 
 
 def _target_logprobs(graphdef, state, ids, mask):
