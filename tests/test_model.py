@@ -114,6 +114,18 @@ def test_longrope_tables_match_reference_formula():
         np.testing.assert_allclose(sin[0, 1, 48:], np.sin(pos * inv) * mscale, rtol=2e-4, atol=2e-4)
 
 
+def test_longrope_picks_factors_per_row_from_its_length():
+    rs = load_run_config("phi3_mini_128k").model.rope_scaling
+    positions = jnp.broadcast_to(jnp.arange(4100), (3, 4100))
+    lengths = jnp.array([4096, 4097, 10])  # 4096 fits the original context; 4097 does not
+    cos = rope_tables(positions, 96, 10000.0, rs, 131072, seq_lengths=lengths)[0]
+    default = rope_tables(positions[:1, :4096], 96, 10000.0, rs, 131072)[0]  # largest position + 1 = 4096
+    for row, factors in [(0, rs.short_factor), (1, rs.long_factor), (2, rs.short_factor)]:
+        inv = np.array([1.0 / (factors[i] * 10000.0 ** (2 * i / 96)) for i in range(48)])
+        np.testing.assert_allclose(cos[row, 50, :48], np.cos(50 * inv) * 1.1902, rtol=1e-3, atol=1e-4)
+    assert np.array_equal(default[0], cos[0, :4096])
+
+
 def test_tied_embeddings_share_one_array():
     model = build_model(tiny(num_layers=2), seed=0)
     assert model.lm_head is None

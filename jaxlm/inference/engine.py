@@ -12,6 +12,8 @@ cache slot, and every later slot of that row is masked because attention only se
 Shapes are bucketed (prompt width to a multiple of 32, new tokens to a multiple of 32) so
 nearby requests reuse the compiled programs. Streaming uses an ordered io_callback in the
 loop body: the host sees each step's tokens as they are produced and may ask to stop.
+LongRoPE models rebuild a row's cache with the long factors when that row crosses the switch
+point (`_rebuild_crossing_rows`, as transformers' Phi-3 does; docs/inference.md).
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *,
     b, t = tokens.shape
     cache = kv_cache.init_cache(model.cfg, b, cache_len, cache_dtype)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, cache = model.hidden_states(tokens, positions=positions, cache=cache)  # (B, T, D)
+    hidden, cache = model.hidden_states(tokens, positions=positions, cache=cache, seq_lengths=lengths)  # (B, T, D)
     # Project only each row's last real token: (B, 1, D) -> (B, V), not (B, T, V) logits.
     last = model.logits(hidden[jnp.arange(b), lengths - 1][:, None])[:, 0]
     valid = jnp.arange(t)[None, :] < lengths[:, None]
@@ -186,7 +188,12 @@ def prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *,
     first = next_token(last, seen, jax.random.fold_in(key, 0), knobs, greedy=greedy, vocab_limit=vocab_limit)
     seen = seen.at[jnp.arange(b), first].set(True)
     done = jnp.any(first[:, None] == stops, axis=-1)
-    return first, {"cache": cache, "token": first, "position": lengths, "seen": seen, "done": done}
+    carry = {"cache": cache, "token": first, "position": lengths, "seen": seen, "done": done}
+    switch = _longrope_switch(model.cfg, cache_len)
+    if switch is not None:  # the tokens a row recomputes when it crosses the switch (see _rebuild_crossing_rows)
+        m = min(t, switch + 1)
+        carry["history"] = jnp.zeros((b, switch + 1), jnp.int32).at[:, :m].set(tokens[:, :m])
+    return first, carry
 
 
 def decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink_id, *, out_len: int,
@@ -203,6 +210,9 @@ def decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink
     def body(c):
         step, s, out, _ = c
         logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
+        if "history" in s:
+            history = s["history"].at[jnp.arange(b), s["position"]].set(s["token"], mode="drop")
+            logits, cache = _rebuild_crossing_rows(model, history, s["position"], s["done"], logits, cache)
         tok = next_token(logits[:, 0], s["seen"], jax.random.fold_in(key, step), knobs, greedy=greedy,
                          vocab_limit=vocab_limit)
         tok = jnp.where(s["done"], -1, tok)
@@ -212,12 +222,49 @@ def decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink
         halt = jnp.bool_(False)
         if stream:
             halt = io_callback(_emit, jax.ShapeDtypeStruct((), jnp.bool_), sink_id, step, tok, done, ordered=True)
-        s = {"cache": cache, "token": jnp.maximum(tok, 0), "position": s["position"] + 1, "seen": seen,
+        s = {**s, "cache": cache, "token": jnp.maximum(tok, 0), "position": s["position"] + 1, "seen": seen,
              "done": done}
+        if "history" in s:
+            s["history"] = history
         return step + 1, s, out, halt
 
     _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), carry, out, jnp.bool_(False)))
     return out
+
+
+def _longrope_switch(cfg, cache_len: int) -> int | None:
+    """LongRoPE's switch position (original_max_position) when a decode over a cache of cache_len
+    slots can reach it, else None."""
+    rs = cfg.rope_scaling
+    return rs.original_max_position if rs.type == "longrope" and cache_len > rs.original_max_position else None
+
+
+def _rebuild_crossing_rows(model, history, position, done, logits, cache):
+    """LongRoPE across the switch: a row now feeding position n = original_max_position (its sequence
+    first exceeds n) drops its cache and recomputes it, and this step's logits, from its n + 1 tokens
+    with the long factors; later steps decode with long factors against that cache. This is what
+    transformers' Phi3ForCausalLM.prepare_inputs_for_generation does, per row here (docs/inference.md).
+
+    history (B, n + 1) token ids, position / done (B,), logits (B, 1, V), cache: the batch's.
+    """
+    n1 = history.shape[1]
+    crossing = (position == n1 - 1) & ~done
+
+    def rebuild(i, carry):
+        logits, cache = carry
+        fresh = kv_cache.init_cache(model.cfg, 1, n1, cache[0]["k"].dtype)
+        row = jax.lax.dynamic_slice_in_dim(history, i, 1)  # (1, n + 1)
+        hidden, fresh = model.hidden_states(row, positions=jnp.arange(n1)[None], cache=fresh)
+        logits = logits.at[i].set(model.logits(hidden[:, -1:])[0])
+        # Slots 0 .. n of row i: cache arrays are (L, B, Hkv, S[, D]), the fresh ones (L, 1, Hkv, n + 1[, D]).
+        cache = jax.tree.map(lambda old, new: jax.lax.dynamic_update_slice(old, new, (0, i) + (0,) * (old.ndim - 2)),
+                             cache, fresh)
+        return logits, cache
+
+    def maybe(i, carry):
+        return jax.lax.cond(crossing[i], rebuild, lambda i, c: c, i, carry)
+
+    return jax.lax.fori_loop(0, history.shape[0], maybe, (logits, cache))
 
 
 # Module-level, keyed on the graphdef: engines over models of the same architecture share programs.

@@ -41,15 +41,22 @@ def longrope_attention_factor(max_context: int, original_max_position: int) -> f
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float, scaling: RopeScaling,
-                max_context: int) -> tuple[jax.Array, jax.Array]:
-    """positions (B, T) int -> cos, sin (B, T, head_dim) float32."""
+                max_context: int, seq_lengths: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """positions (B, T) int -> cos, sin (B, T, head_dim) float32.
+
+    LongRoPE picks short or long factors per row: long when the row's sequence length exceeds
+    `original_max_position`. seq_lengths (B,) gives that length (a right-padded prompt: its real
+    tokens); default each row's largest position + 1. Hugging Face takes one maximum over the
+    whole batch; the two agree at batch 1 and for rows of one length (docs/inference.md).
+    """
     pos = positions.astype(jnp.float32)[..., None]  # (B, T, 1)
     if scaling.type == "longrope":
         base = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
         short = jnp.asarray(base / np.asarray(scaling.short_factor), jnp.float32)
         long = jnp.asarray(base / np.asarray(scaling.long_factor), jnp.float32)
-        # Long factors once the sequence (max position + 1) exceeds the original context, as HF does.
-        use_long = jnp.max(positions) + 1 > scaling.original_max_position
+        if seq_lengths is None:
+            seq_lengths = jnp.max(positions, axis=1) + 1
+        use_long = (seq_lengths > scaling.original_max_position)[:, None, None]  # (B, 1, 1)
         freqs = pos * jnp.where(use_long, long, short)  # (B, T, D/2)
         attn_factor = longrope_attention_factor(max_context, scaling.original_max_position)
     else:

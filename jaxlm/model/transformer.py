@@ -142,15 +142,19 @@ class Transformer(nnx.Module):
         return self.logits(out) if cache is None else (self.logits(out[0]), out[1])
 
     def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None, cache: list | None = None):
+                      segment_ids: jax.Array | None = None, cache: list | None = None,
+                      seq_lengths: jax.Array | None = None):
         """As __call__, but stops before the output projection: (B, T, D) after the final norm, in
-        the compute dtype (and the new cache). The train step and prefill project only what they need."""
+        the compute dtype (and the new cache). The train step and prefill project only what they need.
+        seq_lengths (B,): real tokens per row of a right-padded batch, for LongRoPE's per-row choice
+        of factors (see `rope_tables`); default each row's largest position + 1."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.compute_dtype)
         if positions is None:
             positions = segment_positions(segment_ids) if segment_ids is not None else jnp.broadcast_to(
                 jnp.arange(tokens.shape[1]), tokens.shape)
-        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_context)
+        cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_context,
+                               seq_lengths)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)  # (B, T, D)
         kwargs = dict(segment_ids=segment_ids, positions=positions, norm_eps=cfg.norm_eps,
                       attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl)
