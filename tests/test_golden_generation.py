@@ -101,3 +101,63 @@ def test_longrope_batch_rows_on_both_sides_switch_each_at_their_own_length(phi3_
     assert out.finish_reasons == ["stop", "length", "length"]
     for row in range(3):
         assert [t[row] for t in streamed][:len(out.tokens[row])] == out.tokens[row]
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    """A tiny Llama 3.1 (GQA 4/2, llama3 RoPE scaling from a 16-token original context)."""
+    torch.manual_seed(2)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16},
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.self_attn.q_proj.weight *= 5.0
+            layer.self_attn.k_proj.weight *= 5.0
+    return hf, import_hf(hf, tmp_path_factory.mktemp("llama3"))
+
+
+def test_llama3_scaling_cached_generation_equals_transformers_at_batch_1_and_3(llama3):
+    hf, engine = llama3
+    ids = text_batch(3, 48)
+    prompts = [ids[0, :40].tolist(), ids[1, :10].tolist(), ids[2, :25].tolist()]  # around the 16-token context
+    single = hf_generate(hf, prompts[:1], NEW)
+    assert engine.generate(prompts[:1], NEW, stop_tokens=NO_STOP).tokens == single
+    batch = hf_generate(hf, prompts, NEW)  # left-padded: positions from the attention mask
+    assert batch[0] == single[0]
+    assert engine.generate(prompts, NEW, stop_tokens=NO_STOP).tokens == batch
+
+
+def test_openelm_cached_generation_equals_jaxlm_torch_at_batch_1_and_3(tmp_path):
+    """OpenELM through the independent PyTorch reader: a model with jaxlm.torch's random weights
+    (layerwise sizes, QK-norm, tied) saved in Apple's layout, imported, decoded by both."""
+    from safetensors.torch import save_file
+
+    from convert_helpers import save_jaxlm_model
+    from jaxlm.convert import to_hf
+    from jaxlm.torch import load_openelm
+
+    save_jaxlm_model(tmp_path / "sizes", "tiny_layerwise",  # only for the layout's config.json
+                     ["model.model_dim=64", "model.num_layers=3", "model.head_dim=16", "model.ffn_dim_divisor=16",
+                      f"model.vocab_size={VOCAB}"])
+    to_hf(tmp_path / "sizes", tmp_path / "hf")
+    torch.manual_seed(3)
+    tm = load_openelm(tmp_path / "hf")
+    with torch.no_grad():
+        for name, p in tm.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * p.shape[-1] ** -0.5)
+        for layer in tm.transformer.layers:  # sharper attention, so positions matter
+            q_k = (layer.attn.nq + layer.attn.nkv) * layer.attn.hd
+            layer.attn.qkv_proj.weight[:q_k] *= 3.0
+    save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(tmp_path / "hf" / "model.safetensors"))
+    from_hf(tmp_path / "hf", tmp_path / "jx")
+    engine = Engine(load_model(tmp_path / "jx")[1])
+    ids = text_batch(3, 48)
+    prompts = [ids[0, :31].tolist(), ids[1, :12].tolist(), ids[2, :33].tolist()]  # both sides of a 32 bucket
+    refs = [tm.generate(torch.tensor([p]), NEW)[0].tolist() for p in prompts]
+    assert engine.generate(prompts[:1], NEW, stop_tokens=NO_STOP).tokens == refs[:1]
+    assert engine.generate(prompts, NEW, stop_tokens=NO_STOP).tokens == refs
