@@ -88,6 +88,9 @@ def user_message(e: BaseException) -> str | None:
     if isinstance(e, (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError)):
         return f"unreadable input ({type(e).__name__}: {_first_line(e)}); fix or replace that file"
     name = type(e).__name__
+    if isinstance(e, RuntimeError) and str(e).startswith("Unable to initialize backend"):
+        return (f"JAX could not start its accelerator backend ({_first_line(e)}); check JAX_PLATFORMS and that no "
+                f"other process holds the device")
     frames = traceback.extract_tb(e.__traceback__)
     if name == "SafetensorError" or any(lib in f.filename for f in frames for lib in LIBRARIES):
         return (f"a checkpoint file could not be read ({name}: {_first_line(e)}); it is corrupt or incomplete: "

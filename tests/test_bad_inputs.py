@@ -227,6 +227,10 @@ def non_utf8_yaml(base, tmp):
     (tmp / "bad.yaml").write_bytes(b"train:\n  lr: \xff\xfe\n")
 
 
+def duplicate_key_yaml(base, tmp):
+    (tmp / "bad.yaml").write_text("inherit: tiny_uniform\ntrain: {steps: 3}\ntrain: {steps: 4}\n")
+
+
 def loop_yaml(base, tmp):
     (tmp / "a.yaml").write_text("inherit: b.yaml\n")
     (tmp / "b.yaml").write_text("inherit: a.yaml\n")
@@ -292,9 +296,14 @@ CASES = [
     ("yaml-non-utf8", "model-info {tmp}/bad.yaml", non_utf8_yaml, "bad.yaml"),
     ("yaml-inherit-loop", "model-info {tmp}/a.yaml", loop_yaml, "loops"),
     ("missing-config", "model-info {tmp}/nope.yaml", None, "not found"),
+    ("yaml-duplicate-key", "train {tmp}/bad.yaml", duplicate_key_yaml, "'train' appears twice"),
+    ("config-is-a-folder", "model-info {tmp}", None, "is a directory"),
     ("quant-without-lora", "train tiny_uniform --set quant.bits=4 --set quant.group_size=32 "
                            "--set train.out_dir={tmp}/new", None, "lora.enabled"),
     ("bad-mesh", TRAIN + " --set mesh.data=3", None, "mesh"),
+    ("seq-len-over-context", TRAIN + " --set train.seq_len=100000", None, "max_context"),
+    ("empty-out-dir", "train {base}/tiny.yaml --set train.out_dir=", None, "train.out_dir is empty"),
+    ("train-kernel-the-target-lacks", TRAIN + " --set model.attention_impl=cudnn", None, "needs a GPU"),
     ("train-into-init-from", "train {base}/tiny.yaml --set train.init_from={tmp}/lora --set train.out_dir={tmp}/lora",
      copy_lora, "train.out_dir .* is the input"),
     ("no-command", "", None, "required: COMMAND"),
@@ -336,6 +345,7 @@ CASES = [
     ("generate-no-prompt", "generate --ckpt {base}/run", None, "--prompt"),
     ("eval-non-utf8", "eval --ckpt {base}/run --data {tmp}/a.txt", non_utf8_text, "UTF-8"),
     ("eval-missing-data", "eval --ckpt {base}/run --data {tmp}/nope.txt", None, "nope.txt"),
+    ("eval-data-is-a-folder", "eval --ckpt {base}/run --data {tmp}", None, "is a directory"),
     ("lora-merge-no-adapters", "lora merge --ckpt {base}/run --out {tmp}/m", None, "no LoRA"),
     ("plot-garbage-metrics", "plot {tmp}/run", garbage_metrics, "not JSON"),
     ("plot-missing", "plot {tmp}/nope", None, "metrics.jsonl"),

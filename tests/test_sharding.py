@@ -33,9 +33,9 @@ def test_batch_not_divisible_by_data_axes_is_an_error(tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
-def test_same_losses_on_four_meshes_and_params_sharded_by_the_rules(tmp_path):
-    results = {}
-    for mesh in [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 1)]:
+def test_same_losses_on_three_meshes_and_params_sharded_by_the_rules(tmp_path):
+    results = {}  # pure data parallelism across processes: test_train_multiprocess
+    for mesh in [(2, 4, 1), (2, 2, 2), (1, 1, 1)]:
         cfg = tiny_run_config(tmp_path / "x".join(map(str, mesh)), steps=5, mesh=mesh, checkpoint={"every": 0})
         devices = jax.devices()[:1] if mesh == (1, 1, 1) else None
         results[mesh] = train(cfg, batch_source=token_batches, quiet=True, devices=devices)

@@ -40,6 +40,12 @@ def test_cli_train_on_bundled_corpus_writes_run_dir_samples_and_plots(tmp_path, 
     assert meta["step"] == 4 and isinstance(meta["data_state"][0], dict)
     assert main(["plot", str(out)]) == 0
     assert (out / "plots" / "loss.png").stat().st_size > 1000 and (out / "plots" / "throughput.png").is_file()
+    # Rerunning a finished run says so, trains nothing and leaves the checkpoints as they were.
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()}
+    assert main(["train", *SMALL, "--set", f"train.out_dir={out}"]) == 0
+    assert "already finished at step 4 of train.steps=4" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoints").iterdir()} == before
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_empty_corpus_is_one_clear_error_and_writes_nothing(tmp_path, capsys):

@@ -19,7 +19,7 @@ from jaxlm.training.state import logical_axes
 def train_program(run_cfg, mesh: Mesh):
     """(name, lowered train step) for run_cfg's model, optimizer, batch size and sequence length."""
     tc = run_cfg.train
-    check_batch(tc, mesh, process_count=1)
+    check_batch(tc, mesh, process_count=1, max_context=run_cfg.model.max_context)
     program = build_train_program(run_cfg, mesh)
     lowered = program.step_fn.lower(*program.abstract_args(tc.batch_size, tc.seq_len))
     return f"train step (batch {tc.batch_size} x {tc.seq_len} tokens)", lowered

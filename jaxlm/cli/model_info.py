@@ -21,11 +21,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import jax
-
-    from jaxlm.model import abstract_model, flops
-    from jaxlm.model.transformer import param_count
-
     if args.ckpt:
         from jaxlm.checkpoint.locate import locate
         from jaxlm.checkpoint.model_dir import read_config
@@ -37,6 +32,12 @@ def run(args) -> int:
         from jaxlm.errors import ConfigError
 
         raise ConfigError("give a CONFIG (e.g. openelm_270m) or --ckpt DIR")
+
+    import jax  # after the config checks: a bad config fails before JAX loads
+
+    from jaxlm.model import abstract_model, flops
+    from jaxlm.model.transformer import param_count
+
     cfg = run_cfg.model
     seq_len = args.seq_len or cfg.max_context
     model = abstract_model(cfg)

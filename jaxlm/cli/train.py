@@ -19,16 +19,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from jaxlm.config import load_run_config
+
+    run_cfg = load_run_config(args.config, args.overrides, default=DEFAULT_CONFIG)  # a bad config fails before JAX loads
+
     from jaxlm.parallel import distributed
 
     distributed.maybe_initialize()  # before anything touches the devices
 
     import jax
 
-    from jaxlm.config import load_run_config
     from jaxlm.training.trainer import train
 
-    run_cfg = load_run_config(args.config, args.overrides, default=DEFAULT_CONFIG)
     result = train(run_cfg)
     if jax.process_index() == 0:
         print(f"run dir: {result.run_dir} (step {result.step}, {result.stopped})")

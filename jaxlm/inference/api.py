@@ -206,7 +206,8 @@ def read_text(path: str | Path) -> str:
     """A UTF-8 text file's contents, or a JaxlmError naming the problem."""
     path = Path(path)
     if not path.is_file():
-        raise JaxlmError(f"data file {path} does not exist; give a UTF-8 text file")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise JaxlmError(f"data file {path} {what}; give a UTF-8 text file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -40,11 +40,16 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "loss_chunk"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
+        if not str(self.out_dir).strip():
+            raise ConfigError("train.out_dir is empty; give the run directory (e.g. runs/my_run)")
         if self.batch_size % self.micro_batches:
             raise ConfigError(f"train.batch_size {self.batch_size} is not divisible by train.micro_batches "
                               f"{self.micro_batches}; choose a divisor")
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup_steps < 0:
-            raise ConfigError("train.lr must be positive, train.min_lr_ratio in [0, 1], train.warmup_steps >= 0")
+        for bad, rule in ((self.lr <= 0, f"train.lr must be positive, got {self.lr}"),
+                          (not 0 <= self.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"),
+                          (self.warmup_steps < 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")):
+            if bad:
+                raise ConfigError(rule)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,8 +67,12 @@ def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
                         o_shard, tx, schedule, step_fn)
 
 
-def check_batch(tc, mesh: Mesh, process_count: int) -> None:
-    """Each micro-batch must split evenly over the batch axes (and the batch over the processes)."""
+def check_batch(tc, mesh: Mesh, process_count: int, max_context: int) -> None:
+    """Each micro-batch must split evenly over the batch axes (and the batch over the processes), and a
+    sequence must fit the model's context."""
+    if tc.seq_len > max_context:
+        raise ConfigError(f"train.seq_len {tc.seq_len} is longer than the model's context (model.max_context "
+                          f"{max_context}); lower train.seq_len, or raise model.max_context to train a longer context")
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = tc.batch_size // tc.micro_batches
     if micro % batch_ways or tc.batch_size % process_count:

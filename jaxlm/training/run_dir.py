@@ -14,14 +14,14 @@ DEFAULT_TOKENIZER = "bundled:tokenizer"
 
 
 def tokenizer_path(run_cfg) -> str:
-    data = getattr(run_cfg, "data", None)
-    return getattr(data, "tokenizer", None) or DEFAULT_TOKENIZER
+    return run_cfg.data.tokenizer or DEFAULT_TOKENIZER
 
 
 def load_run_tokenizer(run_cfg):
+    """The tokenizer that run_cfg.data names, read as data.tokenizer_kind says (as `jaxlm data` reads it)."""
     from jaxlm.tokenizer import load_tokenizer
 
-    return load_tokenizer(tokenizer_path(run_cfg))
+    return load_tokenizer(tokenizer_path(run_cfg), run_cfg.data.tokenizer_kind)
 
 
 def write_run_files(run_dir: Path, run_cfg, tokenizer) -> None:

@@ -59,7 +59,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
     preempted = _install_sigterm()  # first: a SIGTERM during restore or compile also ends the run cleanly
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
     pi, pc = jax.process_index(), jax.process_count()
-    check_batch(tc, mesh, pc)
+    check_batch(tc, mesh, pc, run_cfg.model.max_context)
     out = Path(tc.out_dir).absolute()
     if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
         from jaxlm.outputs import refuse_overlap
@@ -90,6 +90,14 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         batches = batch_source(pi, pc, local_batch)
     start_state = batches.get_state()
     first = _first_batch(batches)  # unreadable data fails here, before any write
+
+    def compile_step():  # from abstract shapes; a step the target cannot build also fails before any write
+        t0 = time.perf_counter()
+        lowered = program.step_fn.lower(*program.abstract_args(tc.batch_size, tc.seq_len))
+        return lowered.compile(), time.perf_counter() - t0
+
+    # A finished run that is rerun has nothing to compile.
+    compiled, compile_s = compile_step() if (resume_step or 0) < tc.steps else (None, 0.0)
 
     def open_checkpoints():  # creates the folder, so only after every check has passed
         return RunCheckpoints(out / "checkpoints", run_cfg.checkpoint.every, run_cfg.checkpoint.keep,
@@ -122,16 +130,17 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
 
         batch_shard = rules.batch_sharding(mesh)
         state = {"params": params, "opt_state": opt_state}
-        t0 = time.perf_counter()
-        compiled = program.step_fn.lower(state, rest, program.abstract_batch(tc.batch_size, tc.seq_len)).compile()
-        compile_s = time.perf_counter() - t0
+        if compiled is None and step < tc.steps:  # resumed from an older step than the newest on disk
+            compiled, compile_s = compile_step()
 
         flops_per_token = flops.train_flops_per_token(run_cfg.model, tc.seq_len)
         peak = tc.peak_flops or peak_flops_per_device()
         logger = MetricsLogger(out, tc.steps, step, enabled=(pi == 0 and not quiet))
         logger.message(f"{run_cfg.model.name}: {sum(math.prod(x.shape) for x in jax.tree.leaves(params_abs)):,} trainable "
                        f"params, mesh {dict(mesh.shape)}, {jax.device_count()} devices, {pc} process(es), "
-                       f"step compiled in {compile_s:.1f}s" + (f", resumed at step {step}" if step else ""))
+                       + (f"step compiled in {compile_s:.1f}s" if step < tc.steps else
+                        f"already finished at step {step} of train.steps={tc.steps} (raise train.steps to go on)")
+                       + (f", resumed at step {step}" if 0 < step < tc.steps else ""))
         for note in notes:
             logger.message(note)
         losses: dict[int, float] = {}
