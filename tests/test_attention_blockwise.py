@@ -92,6 +92,27 @@ def test_fully_masked_rows_give_zeros():
     assert jnp.all(out[:, :12] == 0) and jnp.all(dq[:, :12] == 0)
 
 
+@pytest.mark.parametrize("shape,window,dtype", [((2, 48, 48, 4, 2, 16), 13, jnp.float32),
+                                                ((2, 48, 48, 4, 2, 16), 13, jnp.bfloat16),
+                                                ((1, 29, 61, 4, 1, 16), 8, jnp.float32),
+                                                ((1, 24, 24, 2, 2, 16), 1, jnp.float32)],
+                         ids=["w13", "w13-bf16", "t<s-w8", "w1"])
+def test_sliding_window(shape, window, dtype):
+    """Key blocks wholly before the window are skipped, the rest masked: = the reference's window."""
+    q, k, v, do = _inputs(*shape, dtype)
+    _check(q, k, v, do, dtype, causal=True, sliding_window=window)
+
+
+def test_sliding_window_with_packed_segments_and_decode_positions():
+    q, k, v, do = _inputs(2, 53, 53, 4, 2, 32, jnp.float32)
+    _check(q, k, v, do, jnp.float32, causal=True, segment_ids=_packed(2, 53), sliding_window=9)
+    b, s = 3, 64  # one decode step per row at its own position against a 64-slot cache
+    q, k, v, do = _inputs(b, 1, s, 4, 2, 16, jnp.float32)
+    q_pos = jnp.array([[3], [30], [63]])
+    _check(q, k, v, do, jnp.float32, causal=True, q_positions=q_pos,
+           kv_positions=jnp.broadcast_to(jnp.arange(s), (b, s)), sliding_window=20)
+
+
 def test_sm_scale_and_default_blocks():
     q, k, v, do = _inputs(1, 600, 600, 2, 1, 32, jnp.float32)  # longer than one default (512) block
     out, grads = value_and_grads(lambda q, k, v: blockwise_attention(q, k, v, sm_scale=0.3), (q, k, v), do)

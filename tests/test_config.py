@@ -71,6 +71,7 @@ BAD_INPUTS = [
     (["tiny_uniform", "--set", "model.model_dim=0"], "model.model_dim must be a positive integer"),
     (["tiny_uniform", "--set", "model.num_kv_heads=-2"], "must hold positive integers"),
     (["tiny_uniform", "--set", "model.qk_norm=maybe"], "must be true or false"),
+    (["tiny_uniform", "--set", "model.sliding_window=0"], "model.sliding_window must be a positive integer or null"),
 ]
 
 

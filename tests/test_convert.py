@@ -107,6 +107,39 @@ def test_phi3_longrope_import_and_sharded_export(phi3_hf, tmp_path):
     assert np.abs(hf_logits(reloaded, ids) - hf_logits(hf_model, ids)).max() == 0.0
 
 
+def test_mistral_sliding_window_imports_exports_and_round_trips_through_phi3(tmp_path):
+    """A tiny Mistral with a 16-token window: from-hf keeps the window (logits at 3 x the window equal
+    transformers'), to-hf writes it back (bit-identical weights); the same model exported as Phi-3
+    and imported again keeps it too; the Llama layout, which has no window, refuses it."""
+    torch.manual_seed(5)
+    cfg = transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, sliding_window=16, rope_theta=10000.0,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    hf_model = transformers.MistralForCausalLM(cfg).eval()
+    with torch.no_grad():  # sharper attention: the window changes the logits by far more than TOL
+        for layer in hf_model.model.layers:
+            layer.self_attn.q_proj.weight *= 4.0
+            layer.self_attn.k_proj.weight *= 4.0
+    hf_model.save_pretrained(tmp_path / "hf")
+    from_hf(tmp_path / "hf", tmp_path / "jx")
+    run_cfg, model = load_model(tmp_path / "jx")
+    assert run_cfg.model.sliding_window == 16
+    ids = text_batch(length=48)
+    diff = np.abs(np.asarray(model(ids)) - hf_logits(hf_model, ids)).max()
+    assert diff <= TOL, diff
+    to_hf(tmp_path / "jx", tmp_path / "back")
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config["model_type"] == "mistral" and config["sliding_window"] == 16
+    assert_bit_identical(safetensors_of(tmp_path / "hf"), safetensors_of(tmp_path / "back"))
+    to_hf(tmp_path / "jx", tmp_path / "phi3", fmt="phi3")
+    assert json.loads((tmp_path / "phi3" / "config.json").read_text())["sliding_window"] == 16
+    from_hf(tmp_path / "phi3", tmp_path / "jx2")
+    assert load_model(tmp_path / "jx2")[0].model.sliding_window == 16
+    with pytest.raises(JaxlmError, match="Llama layout has no sliding window.*--format mistral"):
+        to_hf(tmp_path / "jx", tmp_path / "llama", fmt="llama")
+
+
 def test_bfloat16_round_trip_is_bit_identical(llama_hf, tmp_path):
     _, hf_model = llama_hf
     hf_model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
@@ -145,7 +178,7 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(llama_hf, tmp_path):
         from_hf(tmp_path / "empty", out)
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(JaxlmError, match="unsupported model_type 'gpt2'.*llama, phi3, openelm"):
+    with pytest.raises(JaxlmError, match="unsupported model_type 'gpt2'.*llama, mistral, phi3, openelm"):
         from_hf(tmp_path / "gpt2", out)
     _copy_hf(hf_dir, tmp_path / "missing", drop="model.layers.1.mlp.up_proj.weight")
     with pytest.raises(JaxlmError, match=r"missing.*model\.layers\.1\.mlp\.up_proj\.weight"):
@@ -228,5 +261,5 @@ def test_shipped_configs_map_to_hf_and_back(name, fmt):
     back = from_dict(ModelConfig, family_for_hf(hf).config_from_hf(hf))
     assert back.layer_specs == cfg.layer_specs and back.rope_scaling == cfg.rope_scaling
     for field in ("vocab_size", "model_dim", "head_dim", "rope_theta", "max_context", "tie_embeddings", "qk_norm",
-                  "norm_eps", "bos_token_id", "eos_token_id"):
+                  "norm_eps", "bos_token_id", "eos_token_id", "sliding_window"):
         assert getattr(back, field) == getattr(cfg, field), field

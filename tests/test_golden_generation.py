@@ -1,6 +1,7 @@
 """Golden cached generation: tiny models made by transformers (or jaxlm.torch for OpenELM), brought
 in with from-hf, decode greedily with jaxlm's engine exactly as the reference's `generate` does,
-token for token, from prompts on both sides of each boundary (LongRoPE's switch point).
+token for token, from prompts on both sides of each boundary (LongRoPE's switch point, Phi-3's
+sliding window).
 
 Random models from transformers' init (std 0.02) attend almost uniformly, so positions barely
 move the argmax; the q and k rows of the fused projections are scaled x5 so that RoPE matters
@@ -101,6 +102,56 @@ def test_longrope_batch_rows_on_both_sides_switch_each_at_their_own_length(phi3_
     assert out.finish_reasons == ["stop", "length", "length"]
     for row in range(3):
         assert [t[row] for t in streamed][:len(out.tokens[row])] == out.tokens[row]
+
+
+WINDOW = 32
+
+
+@pytest.fixture(scope="module")
+def phi3_window(tmp_path_factory):
+    """Phi-3 with both boundaries: a 32-token sliding window and LongRoPE switching at 64 tokens."""
+    torch.manual_seed(4)
+    cfg = transformers.Phi3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=256, original_max_position_embeddings=ORIGINAL,
+        rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(8)],
+                      "long_factor": [2.0 + 0.5 * i for i in range(8)]}, sliding_window=WINDOW,
+        pad_token_id=None, bos_token_id=1, eos_token_id=2)
+    hf = transformers.Phi3ForCausalLM(cfg).eval()
+    sharpen_attention(hf, 2 * 64)
+    return hf, import_hf(hf, tmp_path_factory.mktemp("phi3_window"))
+
+
+def test_sliding_window_logits_equal_transformers_at_twice_the_window(phi3_window):
+    import dataclasses
+
+    from flax import nnx
+
+    from jaxlm.model import abstract_model
+
+    hf, engine = phi3_window
+    model = nnx.merge(engine.graphdef, engine.state)
+    assert model.cfg.sliding_window == WINDOW
+    ids = text_batch(2, 2 * WINDOW)
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    diff = np.abs(np.asarray(model(ids)) - ref).max()
+    assert diff <= 1e-4, diff
+    full = nnx.merge(nnx.graphdef(abstract_model(dataclasses.replace(model.cfg, sliding_window=None))),
+                     nnx.state(model))  # the same weights attending to everything
+    assert np.abs(np.asarray(full(ids)) - ref).max() > 100 * 1e-4  # so the window is what matched
+
+
+def test_sliding_window_and_longrope_cached_generation_equals_transformers(phi3_window):
+    """Prompts of 20 (crosses the window while decoding), 48 (past the window; crosses the LongRoPE
+    switch while decoding) and 70 tokens (past both): batch 1 and one ragged batch of 3 equal
+    transformers' batch-1 generate."""
+    hf, engine = phi3_window
+    ids = text_batch(3, 80)
+    prompts = [ids[0, :20].tolist(), ids[1, :48].tolist(), ids[2, :70].tolist()]
+    refs = [hf_generate(hf, [p], NEW)[0] for p in prompts]
+    assert engine.generate(prompts[:1], NEW, stop_tokens=NO_STOP).tokens == refs[:1]
+    assert engine.generate(prompts, NEW, stop_tokens=NO_STOP).tokens == refs
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,14 @@ def _inputs(b, t, s, hq, hkv, d, dtype, segments, seed=0):
     return q, k, v, do, seg
 
 
-def _check(platform, interpret, b, t, s, hq, hkv, d, causal, segments, dtype, block_q, block_k, seed=0):
+def _check(platform, interpret, b, t, s, hq, hkv, d, causal, segments, dtype, block_q, block_k, seed=0,
+           window=None):
     q, k, v, do, seg = _inputs(b, t, s, hq, hkv, d, dtype, segments, seed)
     kernel = lambda q, k, v: flash_attention(q, k, v, causal=causal, segment_ids=seg, platform=platform,  # noqa: E731
-                                             block_q=block_q, block_k=block_k, interpret=interpret)
-    reference = lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg)  # noqa: E731
+                                             block_q=block_q, block_k=block_k, interpret=interpret,
+                                             sliding_window=window)
+    reference = lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg,  # noqa: E731
+                                                    sliding_window=window)
     out, grads = value_and_grads(kernel, (q, k, v), do)
     ref_out, ref_grads = value_and_grads(reference, as_f32(q, k, v), do)
     assert out.dtype == dtype
@@ -65,6 +68,48 @@ def test_tpu_kernel_matches_reference(case, interpret):
     # "tpu-interpreter": the Mosaic-specific interpreter (memory spaces, DMA semantics).
     interpret = pltpu.InterpretParams() if interpret == "tpu-interpreter" else interpret
     _check("tpu", interpret, *case, block_q=128, block_k=128)
+
+
+# Sliding windows (case, window): windows shorter than a block and longer than several, so whole key
+# blocks are skipped before the window and blocks are masked at both of its edges.
+GPU_WINDOW_CASES = [
+    ((1, 100, 100, 4, 2, 64, True, True, jnp.float32), 37),
+    ((1, 30, 70, 2, 1, 96, True, False, jnp.bfloat16), 9),
+]
+
+
+@pytest.mark.parametrize("case,window", GPU_WINDOW_CASES, ids=["w37-seg", "t<s-w9-bf16"])
+def test_gpu_kernel_sliding_window_matches_reference(case, window):
+    _check("gpu", True, *case, block_q=32, block_k=16, window=window)
+
+
+@pytest.mark.parametrize("t,s,bq,bk,window", [(100, 100, 32, 16, 37), (30, 70, 16, 16, 9), (300, 300, 128, 128, 1),
+                                              (64, 64, 16, 32, 40), (40, 120, 16, 16, 100)])
+def test_window_block_ranges_visit_exactly_the_visible_blocks(t, s, bq, bk, window):
+    """The kernels visit key blocks [window_first_kv_block, causal_kv_blocks) per query block and
+    query blocks [causal_first_q_block, window_end_q_block) per key block: exactly the block pairs
+    with a visible entry (so skipping never drops a key and never visits a hidden block)."""
+    from kernels_pallas.attention import common
+
+    cfg = common.Config(causal=True, sm_scale=1.0, block_q=bq, block_k=bk, seq_q=t, seq_k=s, groups=1, head_dim=64,
+                        window=window)
+    n_q, n_k = -(-t // bq), -(-s // bk)
+    for i in range(n_q):
+        for j in range(n_k):
+            visible = bool(jnp.any(common.block_mask(cfg, i * bq, j * bk, bq, bk)
+                                   & (jnp.arange(bq)[:, None] + i * bq < t)))  # real queries only
+            by_query = int(common.window_first_kv_block(cfg, i, n_k)) <= j < int(common.causal_kv_blocks(cfg, i, n_k))
+            by_key = int(common.causal_first_q_block(cfg, j, n_q)) <= i < int(common.window_end_q_block(cfg, j, n_q))
+            assert by_query == by_key == visible or (i == n_q - 1 and visible <= by_query == by_key), (i, j)
+
+
+@pytest.mark.parametrize("case,window,interpret", [
+    ((1, 400, 400, 2, 1, 64, True, False, jnp.float32), 100, True),
+    ((1, 260, 260, 4, 2, 64, True, True, jnp.float32), 100, "tpu-interpreter"),
+], ids=["w100", "w100-seg-tpu-interpreter"])
+def test_tpu_kernel_sliding_window_matches_reference(case, window, interpret):
+    interpret = pltpu.InterpretParams() if interpret == "tpu-interpreter" else interpret
+    _check("tpu", interpret, *case, block_q=128, block_k=128, window=window)
 
 
 def test_fully_masked_rows_give_zeros_not_nan():

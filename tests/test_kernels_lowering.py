@@ -63,6 +63,23 @@ def test_attention_forward_and_backward_lower(platform, kernel_platform):
 
 
 @pytest.mark.parametrize("platform,kernel_platform", [("tpu", "tpu"), ("cuda", "gpu")])
+def test_attention_with_a_sliding_window_lowers(platform, kernel_platform):
+    """Phi-3's and Llama 3's head shapes with a 700-token window at 2048: query blocks past the
+    window skip whole key blocks (clipped block index maps on TPU, shifted loop bounds on GPU)."""
+    for hq, hkv, d in [(32, 32, 96), (32, 8, 128)]:
+        q, kv, seg = S((1, SEQ, hq, d), jnp.bfloat16), S((1, SEQ, hkv, d), jnp.bfloat16), S((1, SEQ), jnp.int32)
+
+        def fwd_bwd(q, k, v, segment_ids):
+            f = lambda q, k, v: jnp.sum(flash_attention(  # noqa: E731
+                q, k, v, causal=True, segment_ids=segment_ids, platform=kernel_platform,
+                sliding_window=700).astype(jnp.float32))
+            return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+
+        exported = _export(fwd_bwd, platform, q, kv, kv, seg)
+        assert "flash_attention_dkv" in exported.mlir_module(), (hq, hkv, d)
+
+
+@pytest.mark.parametrize("platform,kernel_platform", [("tpu", "tpu"), ("cuda", "gpu")])
 def test_rms_norm_forward_and_backward_lower(platform, kernel_platform):
     for width in NORM_WIDTHS:
         x, w = S((2, 512, width), jnp.bfloat16), S((width,), jnp.float32)

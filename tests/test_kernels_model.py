@@ -43,6 +43,39 @@ def test_pallas_model_matches_xla_logits_and_grads():
         np.testing.assert_allclose(g, r, atol=2e-5, rtol=1e-4)
 
 
+def test_dispatch_applies_the_sliding_window_on_every_impl(monkeypatch):
+    """xla (blockwise), pallas (interpret) and the arguments cuDNN gets (run here through jax.nn's
+    XLA implementation, there being no GPU) all give the reference's window, transformers' convention."""
+    from jaxlm.ops import dispatch
+    from kernels_pallas.attention import attention_reference
+
+    ks = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(ks[0], (2, 48, 4, 32), jnp.float32).astype(jnp.bfloat16)
+    k, v = (jax.random.normal(key, (2, 48, 2, 32), jnp.float32).astype(jnp.bfloat16) for key in ks[1:])
+    want = attention_reference(q, k, v, causal=True, sliding_window=10)
+    assert not np.allclose(np.asarray(want, np.float32), np.asarray(attention_reference(q, k, v), np.float32),
+                           atol=1e-2)
+    for impl in ("xla", "pallas"):
+        got = ops.attention(q, k, v, causal=True, sliding_window=10, impl=impl)
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=2e-2)
+    monkeypatch.setattr(dispatch, "target_platform", lambda: "gpu")
+    real, windows = jax.nn.dot_product_attention, []
+
+    def as_xla(*args, implementation=None, **options):
+        windows.append(options["local_window_size"])
+        return real(*args, implementation="xla", **options)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", as_xla)
+    got = ops.attention(q, k, v, causal=True, sliding_window=10, impl="cudnn")
+    assert windows == [(9, 0)]  # jax.nn's (left, right): 9 keys before the query, and the query
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=2e-2)
+    same = ops.attention(q, k, v, causal=True, sliding_window=48, impl="cudnn")  # as long as the keys: no window
+    np.testing.assert_allclose(np.asarray(same, np.float32),
+                               np.asarray(attention_reference(q, k, v), np.float32), atol=2e-2)
+    with pytest.raises(JaxlmError, match="sliding_window 10 needs causal attention"):
+        ops.attention(q, k, v, causal=False, sliding_window=10, impl="xla")
+
+
 def test_bad_inputs_raise_jaxlm_errors_naming_what_is_supported():
     q = jnp.zeros((1, 16, 6, 64))
     with pytest.raises(JaxlmError, match="not a multiple of 4 kv heads"):

@@ -68,6 +68,28 @@ def test_pallas_train_step_compiles_for_v5e_with_one_kernel_per_site_on_local_sh
 
 
 @needs_libtpu
+def test_sliding_window_attention_kernels_compile_for_v5e(v5e):
+    """The windowed Mosaic kernels, forward and backward, through libtpu: Llama 3's head shape at
+    2048 tokens with a 700-token window, so query blocks past it skip whole key blocks."""
+    import jax
+    import jax.numpy as jnp
+
+    from kernels_pallas.attention import flash_attention
+
+    one = jax.sharding.SingleDeviceSharding(v5e[0])
+    q = jax.ShapeDtypeStruct((1, 2048, 8, 128), jnp.bfloat16, sharding=one)
+    kv = jax.ShapeDtypeStruct((1, 2048, 2, 128), jnp.bfloat16, sharding=one)
+
+    def fwd_bwd(q, k, v):
+        f = lambda q, k, v: jnp.sum(flash_attention(q, k, v, platform="tpu", sliding_window=700)  # noqa: E731
+                                    .astype(jnp.float32))
+        return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+
+    names = [n for n, _ in _kernel_calls(jax.jit(fwd_bwd).lower(q, kv, kv).compile().as_text())]
+    assert len(names) == 3 and all(any(k in n for n in names) for k in ("attention_fwd", "dq", "dkv")), names
+
+
+@needs_libtpu
 def test_auto_on_a_tpu_mesh_picks_the_mosaic_kernels(v5e):
     cfg = load_run_config("tiny_uniform", TINY[2:] + ["train.batch_size=4", "mesh.data=4"])
     assert cfg.model.attention_impl == "auto"

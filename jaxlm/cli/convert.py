@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-FORMATS = ("llama", "phi3", "openelm")
+FORMATS = ("llama", "mistral", "phi3", "openelm")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -13,7 +13,8 @@ def register(sub) -> None:
     to.add_argument("--ckpt", required=True, help="model dir, run dir (latest step) or RUN_DIR/checkpoints/<step>")
     to.add_argument("--out", required=True, help="output Hugging Face folder")
     to.add_argument("--format", choices=FORMATS, default=None,
-                    help="layout (default: uniform -> llama, LongRoPE or a phi3 name -> phi3, layerwise -> openelm)")
+                    help="layout (default: uniform -> llama (mistral with a sliding window), LongRoPE or a phi3 "
+                         "name -> phi3, layerwise -> openelm)")
     to.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the written weights (default: as saved)")
     to.add_argument("--max-shard-size", default="5GB", help="split weights into files of at most this size")
     to.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

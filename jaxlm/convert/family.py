@@ -33,7 +33,7 @@ class Family:
 def families() -> dict[str, Family]:
     from jaxlm.convert import llama, openelm, phi3
 
-    return {f.model_type: f for f in (llama.FAMILY, phi3.FAMILY, openelm.FAMILY)}
+    return {f.model_type: f for f in (llama.FAMILY, llama.MISTRAL, phi3.FAMILY, openelm.FAMILY)}
 
 
 def family_for_hf(hf_config: dict) -> Family:
@@ -46,8 +46,9 @@ def family_for_hf(hf_config: dict) -> Family:
 
 
 def family_for_model(cfg: ModelConfig, requested: str | None = None) -> Family:
-    """The layout a jaxlm model exports to: uniform -> llama, or phi3 when it uses LongRoPE or its
-    name says Phi-3 (phi3_mini_4k, Phi-3-mini-...); otherwise openelm. `requested` overrides."""
+    """The layout a jaxlm model exports to: uniform -> llama (mistral with a sliding window), or phi3
+    when it uses LongRoPE or its name says Phi-3 (phi3_mini_4k, Phi-3-mini-...); otherwise openelm.
+    `requested` overrides."""
     known = families()
     if requested is not None:
         if requested not in known:
@@ -56,5 +57,5 @@ def family_for_model(cfg: ModelConfig, requested: str | None = None) -> Family:
     if cfg.rope_scaling.type == "longrope" or "phi3" in cfg.name.lower().replace("-", "").replace("_", ""):
         return known["phi3"]
     if cfg.uniform and not cfg.qk_norm:
-        return known["llama"]
+        return known["mistral" if cfg.sliding_window is not None else "llama"]
     return known["openelm"]

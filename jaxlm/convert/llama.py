@@ -1,6 +1,9 @@
-"""Llama 3 / 3.1 <-> `LlamaForCausalLM` (model_type "llama"): the key map and config mapping."""
+"""Llama 3 / 3.1 <-> `LlamaForCausalLM` (model_type "llama"): the key map and config mapping; and
+Mistral (`MistralForCausalLM`, model_type "mistral"): Llama's keys with a sliding window."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from jaxlm.convert.family import Family
 from jaxlm.convert.hf_config import require, require_uniform, rope_scaling_to_hf, uniform_config_from_hf
@@ -25,6 +28,8 @@ LAYER = (
 
 def config_to_hf(cfg: ModelConfig) -> dict:
     require_uniform(cfg, "Llama")
+    require(cfg.sliding_window is None, f"the Llama layout has no sliding window (transformers' Llama attends to "
+                                        f"everything); export model {cfg.name} with --format mistral or phi3")
     require(cfg.rope_scaling.type in ("none", "linear", "llama3"),
             f"the Llama layout has no {cfg.rope_scaling.type} RoPE scaling; use --format phi3")
     spec = cfg.layer_specs[0]
@@ -47,3 +52,20 @@ def config_from_hf(hf: dict) -> dict:
 
 
 FAMILY = Family("llama", TOP, "model.layers.{i}.", LAYER, config_to_hf, config_from_hf)
+
+
+def mistral_config_to_hf(cfg: ModelConfig) -> dict:
+    hf = config_to_hf(dataclasses.replace(cfg, sliding_window=None))
+    for key in ("attention_bias", "mlp_bias"):
+        del hf[key]
+    return {**hf, "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+            "sliding_window": cfg.sliding_window}
+
+
+def mistral_config_from_hf(hf: dict) -> dict:
+    # transformers' Mistral applies sliding_window (create_sliding_window_causal_mask), Llama does not.
+    return {**uniform_config_from_hf(hf, "mistral", norm_eps=1e-6, max_context=32768, eos=2),
+            "sliding_window": hf.get("sliding_window")}
+
+
+MISTRAL = Family("mistral", TOP, "model.layers.{i}.", LAYER, mistral_config_to_hf, mistral_config_from_hf)

@@ -36,14 +36,16 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "max_position_embeddings": cfg.max_context,
         "original_max_position_embeddings": cfg.rope_scaling.original_max_position if longrope else cfg.max_context,
         "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta, "rope_scaling": rope_scaling_to_hf(cfg),
-        "tie_word_embeddings": cfg.tie_embeddings, "sliding_window": None,
+        "tie_word_embeddings": cfg.tie_embeddings, "sliding_window": cfg.sliding_window,
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": None,
         "initializer_range": 0.02, "use_cache": True,
     }
 
 
 def config_from_hf(hf: dict) -> dict:
-    return uniform_config_from_hf(hf, "phi3", norm_eps=1e-5, max_context=4096, eos=32000)
+    # transformers' Phi-3 applies sliding_window (create_sliding_window_causal_mask): so does jaxlm.
+    return {**uniform_config_from_hf(hf, "phi3", norm_eps=1e-5, max_context=4096, eos=32000),
+            "sliding_window": hf.get("sliding_window")}
 
 
 FAMILY = Family("phi3", TOP, "model.layers.{i}.", LAYER, config_to_hf, config_from_hf)

@@ -62,6 +62,10 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling = RopeScaling()
     max_context: int = 2048
+    # Sliding-window attention (Mistral, Phi-3): a token sees the last sliding_window positions, its
+    # own included (key position > query position - sliding_window), as transformers masks it.
+    # None: full causal attention.
+    sliding_window: int | None = None
     activation: Literal["silu", "gelu"] = "silu"  # gate activation of the gated FFN (SwiGLU: silu)
     param_dtype: DType = "float32"
     compute_dtype: DType = "float32"
@@ -87,6 +91,8 @@ class ModelConfig:
                 raise ConfigError(f"model.{field} must be a positive integer, got {value}")
         if self.head_dim % 2:
             raise ConfigError(f"model.head_dim must be even for RoPE (pairs of dimensions rotate), got {self.head_dim}")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"model.sliding_window must be a positive integer or null, got {self.sliding_window}")
         if self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ConfigError("model.norm_eps and model.rope_theta must be positive")
         for field in ("num_query_heads", "num_kv_heads", "ffn_dim"):

@@ -55,7 +55,8 @@ class Attention(nnx.Module):
         self.q_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
         self.k_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
 
-    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl):
+    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl,
+                 sliding_window=None):
         b, t, _ = x.shape
         g = self.num_groups
         qkv = ops.dense("btd,dkgh->btkgh", x, self.qkv[...])  # (B, T, Hkv, G + 2, hd)
@@ -67,12 +68,13 @@ class Attention(nnx.Module):
             k = ops.rms_norm(k, self.k_norm[...], norm_eps, norm_impl)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            out = ops.attention(q, k, v, causal=True, segment_ids=segment_ids, impl=attention_impl)
+            out = ops.attention(q, k, v, causal=True, segment_ids=segment_ids, sliding_window=sliding_window,
+                                impl=attention_impl)
         else:
             cache, k_all, v_all = kv_cache.update_layer(cache, k, v, positions[:, 0])
             kv_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (b, k_all.shape[1]))
             out = ops.attention(q, k_all, v_all, causal=True, q_positions=positions, kv_positions=kv_pos,
-                                impl=attention_impl)
+                                sliding_window=sliding_window, impl=attention_impl)
         out = out.reshape(b, t, hkv, g, self.head_dim)
         return ops.dense("btkgh,kghd->btd", out, self.out[...]), cache
 
@@ -110,10 +112,12 @@ class Block(nnx.Module):
         self.ffn_norm = _ones(lead + (cfg.model_dim,), lead_axes + ("norm",), dt)
         self.ffn = FeedForward(stack, cfg.model_dim, spec.ffn_dim, cfg.activation, out_std, dt, rngs=rngs)
 
-    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl):
+    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl,
+                 sliding_window=None):
         attn_out, cache = self.attn(ops.rms_norm(x, self.attn_norm[...], norm_eps, norm_impl), cos, sin,
                                     segment_ids=segment_ids, positions=positions, cache=cache, norm_eps=norm_eps,
-                                    attention_impl=attention_impl, norm_impl=norm_impl)
+                                    attention_impl=attention_impl, norm_impl=norm_impl,
+                                    sliding_window=sliding_window)
         h, normed = ops.rms_norm_residual(attn_out, x, self.ffn_norm[...], norm_eps, norm_impl)  # h = x + attn_out
         return h + self.ffn(normed), cache
 
@@ -157,7 +161,7 @@ class Transformer(nnx.Module):
                                seq_lengths)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)  # (B, T, D)
         kwargs = dict(segment_ids=segment_ids, positions=positions, norm_eps=cfg.norm_eps,
-                      attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl)
+                      attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl, sliding_window=cfg.sliding_window)
         new_cache = []
         if cfg.scan_pad_ffn and cache is None:
             for run in ffn_padded_runs(cfg, self.groups):

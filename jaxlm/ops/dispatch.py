@@ -116,8 +116,14 @@ def rms_norm_residual(x: jax.Array, residual: jax.Array, weight: jax.Array, eps:
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
               segment_ids: jax.Array | None = None, q_positions: jax.Array | None = None,
-              kv_positions: jax.Array | None = None, impl: str = "auto") -> jax.Array:
+              kv_positions: jax.Array | None = None, sliding_window: int | None = None,
+              impl: str = "auto") -> jax.Array:
     """q: (B, T, Hq, D), k/v: (B, S, Hkv, D) -> (B, T, Hq, D). See `attention_reference`.
+
+    sliding_window W: a query sees keys at positions in (p - W, p] (transformers' convention). Every
+    impl applies it: the XLA and Pallas paths skip key blocks wholly outside it; cuDNN gets it as
+    jax.nn's local_window_size (W - 1, 0). Without explicit positions, a window at least as long
+    as the keys is dropped (it masks nothing).
 
     Explicit positions (prefill or decode against a KV cache) take the XLA path on every impl:
     the flash kernels' causal mask is aligned by index (key s <= query t + S - T), which is not
@@ -132,6 +138,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         raise JaxlmError(f"attention impl 'cudnn' needs a GPU target (this one is {platform!r}); "
                          f"use 'pallas' or 'xla'")
     explicit = q_positions is not None or kv_positions is not None
+    if sliding_window is not None and (not causal or sliding_window < 1):
+        raise JaxlmError(f"attention: sliding_window {sliding_window} needs causal attention and a window >= 1")
+    if sliding_window is not None and not explicit and sliding_window >= k.shape[1]:
+        sliding_window = None  # no key is ever sliding_window or more positions behind a query
     if impl == "cudnn" and (q.dtype == jnp.float32 or segment_ids is not None
                             or (causal and q.shape[1] != k.shape[1])):
         impl = "xla"  # jax.nn's cuDNN call has no float32 kernel, no segment ids, no bottom-right causal mask
@@ -140,13 +150,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
     _check_attention(q, k, v, same_dtype=impl != "xla")
     if impl == "xla":
         return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids, q_positions=q_positions,
-                                   kv_positions=kv_positions)
+                                   kv_positions=kv_positions, sliding_window=sliding_window)
     if impl == "pallas":
         kernel_platform, interpret = pallas_target(platform)
         kernel = functools.partial(pallas_attention.flash_attention, causal=causal, platform=kernel_platform,
-                                   interpret=interpret)
+                                   interpret=interpret, sliding_window=sliding_window)
     else:
-        kernel = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn")
+        window = None if sliding_window is None else (sliding_window - 1, 0)  # (left, right) keys, own excluded
+        kernel = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn",
+                                   local_window_size=window)
     with _as_jaxlm_error():
         if impl == "pallas":
             pallas_attention.check_inputs(q, k, v, segment_ids)  # names the global shapes, not a shard's

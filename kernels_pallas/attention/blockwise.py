@@ -13,7 +13,9 @@ and into the f32 dq of that query block (an in-place update of one (T)-sized buf
 pass keeps a per-block probability matrix; the largest temporaries are one (B, Hq, bq, bk) tile.
 Causal: a (query block, key block) pair is skipped (lax.cond) when the smallest key position of
 the key block exceeds the largest query position of the query block, so causal attention does
-about half the work. Segment ids are masked, not skipped.
+about half the work. A sliding window also skips a pair whose largest key position is at or
+before the smallest query position minus the window (long sequences and decode against a long
+cache then cost O(T·window)). Segment ids are masked, not skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class _Static:
     sm_scale: float
     seq_k: int  # true key length (before padding to the key block)
     block_k: int
+    window: int | None = None  # sliding window: key position > query position - window
 
 
 def blockwise_attention(
@@ -54,6 +57,7 @@ def blockwise_attention(
     sm_scale: float | None = None,
     block_q: int = DEFAULT_BLOCK,
     block_k: int = DEFAULT_BLOCK,
+    sliding_window: int | None = None,
 ) -> jax.Array:
     """Softmax attention equal to `attention_reference`, in O(T·block) memory. Returns (B, T, Hq, D).
 
@@ -64,6 +68,8 @@ def blockwise_attention(
     s, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
     scale = float(sm_scale if sm_scale is not None else 1.0 / math.sqrt(d))
+    if sliding_window is not None and not causal:
+        raise ValueError("attention: sliding_window needs causal=True")
     bq, bk = min(block_q, t), min(block_k, s)
     tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
     if q_positions is None:
@@ -79,7 +85,7 @@ def blockwise_attention(
         kseg = _blocks(_pad(kv_seg.astype(jnp.int32), sp, -1), bk)
     qb = _blocks(_pad(q, tp, 0).reshape(b, tp, hkv, groups, d), bq)  # (nq, B, Hkv, G, bq, D)
     kb, vb = (_blocks(_pad(x, sp, 0), bk) for x in (k, v))  # (nk, B, Hkv, bk, D)
-    cfg = _Static(causal=causal, sm_scale=scale, seq_k=s, block_k=bk)
+    cfg = _Static(causal=causal, sm_scale=scale, seq_k=s, block_k=bk, window=sliding_window)
     ob = _attend(qb, kb, vb, qpos, kpos, qseg, kseg, cfg)  # (nq, B, Hkv, G, bq, D)
     o = jnp.moveaxis(ob, 0, 3).reshape(b, hkv, groups, tp, d)[:, :, :, :t]  # (B, Hkv, G, T, D)
     return jnp.transpose(o, (0, 3, 1, 2, 4)).reshape(b, t, hq, d)
@@ -114,6 +120,8 @@ def _mask(cfg: _Static, j, qpos, kpos, qseg, kseg):
     mask = None
     if cfg.causal:
         mask = kpos[:, None, :] <= qpos[:, :, None]
+        if cfg.window is not None:  # padded positions are hidden by the causal part already
+            mask &= kpos[:, None, :] > qpos[:, :, None] - cfg.window
     elif cfg.seq_k % cfg.block_k:  # causal already hides padded keys (their position is the largest)
         mask = (j * cfg.block_k + jnp.arange(cfg.block_k) < cfg.seq_k)[None, None, :]
     if qseg is not None:
@@ -127,12 +135,26 @@ def _scores(q, k, cfg: _Static):
     return jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32) * cfg.sm_scale
 
 
-def _maybe(cfg: _Static, q_hi, k_lo, step, carry):
-    """step(carry) unless causal masking hides the whole block pair: its smallest key position
-    k_lo is after its largest query position q_hi. Then carry, unchanged."""
+def _bounds(qpos, kpos):
+    """Per block, over the batch, padding left out: smallest and largest query position (nq,) and
+    key position (nk,). Reduced once, outside the loops, so a batch-sharded program does not
+    all-reduce inside them."""
+    q_lo = jnp.min(jnp.where(qpos == _NO_POSITION, _LATE_POSITION, qpos), axis=(1, 2))
+    k_hi = jnp.max(jnp.where(kpos == _LATE_POSITION, _NO_POSITION, kpos), axis=(1, 2))
+    return (q_lo, jnp.max(qpos, axis=(1, 2))), (jnp.min(kpos, axis=(1, 2)), k_hi)
+
+
+def _maybe(cfg: _Static, q_bounds, k_bounds, step, carry):
+    """step(carry) unless masking hides the whole block pair: its smallest key position is after
+    its largest query position (causal), or its largest key position is at or before its smallest
+    query position minus the window. Then carry, unchanged. Bounds: (lo, hi) of one block."""
     if not cfg.causal:
         return step(carry)
-    return jax.lax.cond(k_lo <= q_hi, step, lambda c: c, carry)
+    (q_lo, q_hi), (k_lo, k_hi) = q_bounds, k_bounds
+    visible = k_lo <= q_hi
+    if cfg.window is not None:
+        visible &= k_hi > q_lo - cfg.window
+    return jax.lax.cond(visible, step, lambda c: c, carry)
 
 
 # ---------------------------------------------------------------- forward, backward, custom VJP
@@ -140,12 +162,10 @@ def _maybe(cfg: _Static, q_hi, k_lo, step, carry):
 def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
     """-> o (nq, B, Hkv, G, bq, D) in q.dtype, lse (nq, B, Hkv, G, bq) float32."""
     n_k = kb.shape[0]
-    # Per block, over the batch: the largest query / smallest key position (reduced once, outside
-    # the loops, so a batch-sharded program does not all-reduce inside them).
-    q_his, k_lo = jnp.max(qpos, axis=(1, 2)), jnp.min(kpos, axis=(1, 2))  # (nq,), (nk,)
+    (q_los, q_his), (k_los, k_his) = _bounds(qpos, kpos)  # (nq,) each, (nk,) each
 
     def query_block(xs):
-        q, qp, qs, q_hi = xs
+        q, qp, qs, q_lo, q_hi = xs
 
         def key_block(j, carry):
             def step(carry):
@@ -162,7 +182,7 @@ def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
                 pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vb.dtype), vb[j], preferred_element_type=jnp.float32)
                 return m_new, alpha * l + jnp.sum(p, axis=-1, keepdims=True), alpha * acc + pv
 
-            return _maybe(cfg, q_hi, k_lo[j], step, carry)
+            return _maybe(cfg, (q_lo, q_hi), (k_los[j], k_his[j]), step, carry)
 
         stat = q.shape[:-1] + (1,)  # (B, Hkv, G, bq, 1)
         init = (jnp.full(stat, MASK_VALUE, jnp.float32), jnp.zeros(stat, jnp.float32),
@@ -173,17 +193,17 @@ def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
         lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
         return o.astype(q.dtype), lse[..., 0]
 
-    return jax.lax.map(query_block, (qb, qpos, qseg, q_his))
+    return jax.lax.map(query_block, (qb, qpos, qseg, q_los, q_his))
 
 
 def _backward(qb, kb, vb, qpos, kpos, qseg, kseg, ob, lse, dob, cfg: _Static):
     """FlashAttention-2 backward, one pass over key blocks -> dq, dk, dv in the inputs' dtypes."""
     n_q = qb.shape[0]
     delta = jnp.sum(ob.astype(jnp.float32) * dob.astype(jnp.float32), axis=-1)  # (nq, B, Hkv, G, bq)
-    q_hi, k_los = jnp.max(qpos, axis=(1, 2)), jnp.min(kpos, axis=(1, 2))  # (nq,), (nk,) as in the forward
+    (q_lo, q_hi), (k_los, k_his) = _bounds(qpos, kpos)  # as in the forward
 
     def key_block(dq, xs):
-        k, v, kp, ks, k_lo, j = xs
+        k, v, kp, ks, k_lo, k_hi, j = xs
 
         def query_block(i, carry):
             def step(carry):
@@ -201,13 +221,13 @@ def _backward(qb, kb, vb, qpos, kpos, qseg, kseg, ob, lse, dob, cfg: _Static):
                 dq_i = jnp.einsum("bkgqs,bksd->bkgqd", ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
                 return dq.at[i].add(dq_i), dk, dv
 
-            return _maybe(cfg, q_hi[i], k_lo, step, carry)
+            return _maybe(cfg, (q_lo[i], q_hi[i]), (k_lo, k_hi), step, carry)
 
         zeros = jnp.zeros(k.shape, jnp.float32)
         dq, dk, dv = jax.lax.fori_loop(0, n_q, query_block, (dq, zeros, zeros))
         return dq, (dk * cfg.sm_scale, dv)
 
-    xs = (kb, vb, kpos, kseg, k_los, jnp.arange(kb.shape[0]))
+    xs = (kb, vb, kpos, kseg, k_los, k_his, jnp.arange(kb.shape[0]))
     dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(qb.shape, jnp.float32), xs)
     return (dq * cfg.sm_scale).astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype)
 

@@ -3,7 +3,9 @@ per-block online-softmax math, and the custom VJP.
 
 Notation: q (B, T, Hq, D), k/v (B, S, Hkv, D), G = Hq // Hkv query heads per kv head.
 Query position t sees key position s when s <= t + (S - T) (causal; the offset aligns the
-last query with the last key, as the reference does) and their segment ids are equal.
+last query with the last key, as the reference does), s > t + (S - T) - W under a sliding
+window W, and their segment ids are equal. Key blocks wholly outside the window are skipped;
+with a window every visited block is masked.
 Forward per query block, over key blocks:  s = q k^T * scale;  m' = max(m, rowmax s);
   p = exp(s - m');  l' = l e^(m - m') + rowsum p;  acc' = acc e^(m - m') + p v;  o = acc / l.
 Backward (FlashAttention-2):  p = exp(s - lse);  dp = do v^T;  ds = p (dp - delta) with
@@ -43,6 +45,7 @@ class Config:
     head_dim: int
     interpret: Any = False
     segments: bool = False
+    window: int | None = None  # sliding window (causal only); None when it cannot mask anything
 
     @property
     def offset(self) -> int:  # query t is at key position t + offset
@@ -105,6 +108,8 @@ def block_mask(cfg: Config, q_start, k_start, bq: int, bk: int, q_seg=None, kv_s
         if cfg.causal:
             q_pos = q_start + cfg.offset + jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
             mask = k_pos <= q_pos
+            if cfg.window is not None:
+                mask = mask & (k_pos > q_pos - cfg.window)
         if cfg.kv_padded:
             valid = k_pos < cfg.seq_k
             mask = valid if mask is None else mask & valid
@@ -167,8 +172,27 @@ def causal_first_q_block(cfg: Config, k_block, n_q: int):
     return jnp.clip(jax.lax.div(jnp.maximum(first_q, 0), cfg.block_q), 0, n_q)
 
 
+def window_first_kv_block(cfg: Config, q_block, n_k: int):
+    """First key block the query block sees under the sliding window (0 without one)."""
+    if cfg.window is None:
+        return 0
+    first_key = q_block * cfg.block_q + cfg.offset - cfg.window + 1  # smallest key its first query sees
+    return jnp.clip(jax.lax.div(jnp.maximum(first_key, 0), cfg.block_k), 0, n_k)
+
+
+def window_end_q_block(cfg: Config, k_block, n_q: int):
+    """One past the last query block that sees the key block under the sliding window (n_q without one)."""
+    if cfg.window is None:
+        return n_q
+    last_q = (k_block + 1) * cfg.block_k - 1 + cfg.window - 1 - cfg.offset  # last query seeing its last key
+    return jnp.clip(jax.lax.div(jnp.maximum(last_q + cfg.block_q, 0), cfg.block_q), 0, n_q)
+
+
 def unmasked_kv_blocks(cfg: Config, q_block, n_k: int):
-    """Key blocks [0, n) that every query of the block sees whole: they skip the mask."""
+    """Key blocks [window_first_kv_block, n) that every query of the block sees whole: they skip
+    the mask. Under a sliding window there are none (n = the first visible block)."""
+    if cfg.window is not None:
+        return window_first_kv_block(cfg, q_block, n_k)
     if cfg.segments:
         return 0
     n = n_k - 1 if cfg.kv_padded else n_k  # the padded last block always needs its mask
@@ -179,7 +203,10 @@ def unmasked_kv_blocks(cfg: Config, q_block, n_k: int):
 
 
 def unmasked_first_q_block(cfg: Config, k_block, n_q: int, n_k: int):
-    """First query block from which on every query sees the whole key block (no mask needed)."""
+    """First query block from which on (up to window_end_q_block) every query sees the whole key
+    block (no mask needed). Under a sliding window: window_end_q_block (none)."""
+    if cfg.window is not None:
+        return window_end_q_block(cfg, k_block, n_q)
     if cfg.segments:
         return n_q
     first = 0
@@ -224,13 +251,17 @@ def build(forward: Forward, backward: Backward, default_blocks: Callable[[int], 
     _attend.defvjp(_fwd, _bwd)
 
     def flash_attention(q, k, v, *, causal: bool = True, segment_ids=None, sm_scale: float | None = None,
-                        block_q: int | None = None, block_k: int | None = None, interpret: Any = False):
+                        block_q: int | None = None, block_k: int | None = None, interpret: Any = False,
+                        sliding_window: int | None = None):
         """q (B, T, Hq, D), k/v (B, S, Hkv, D) -> (B, T, Hq, D) in q.dtype.
 
         segment_ids: (B, T) when T == S, or a pair ((B, T), (B, S)); tokens attend only within
-        their segment. Sequences are padded internally to the block sizes.
+        their segment. sliding_window W (causal only): query t sees keys s with
+        t + S - T - W < s <= t + S - T. Sequences are padded internally to the block sizes.
         """
         check_inputs(q, k, v, segment_ids)
+        if sliding_window is not None and (not causal or sliding_window < 1):
+            raise ValueError(f"flash_attention: sliding_window {sliding_window} needs causal=True and >= 1")
         t, s, d = q.shape[1], k.shape[1], q.shape[3]
         dq_, dk_ = default_blocks(d)
         bq = pick_block(block_q or dq_, t, min_block)
@@ -240,7 +271,8 @@ def build(forward: Forward, backward: Backward, default_blocks: Callable[[int], 
                 raise ValueError(f"flash_attention: {name} must be a power of two >= {min_block}, got {blk}")
         cfg = Config(causal=causal, sm_scale=float(sm_scale if sm_scale is not None else 1 / math.sqrt(d)),
                      block_q=bq, block_k=bk, seq_q=t, seq_k=s, groups=q.shape[2] // k.shape[2], head_dim=d,
-                     interpret=interpret, segments=segment_ids is not None)
+                     interpret=interpret, segments=segment_ids is not None,
+                     window=sliding_window if sliding_window is not None and sliding_window < s else None)
         tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
         q_seg = kv_seg = None
         if segment_ids is not None:

@@ -55,15 +55,17 @@ def _forward_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, *, cfg:
     n_k = k_ref.shape[0] // bk
     init = (jnp.full((bq, 1), common.MASK_VALUE, jnp.float32), jnp.zeros((bq, 1), jnp.float32),
             jnp.zeros((bq, dp), jnp.float32))
-    carry = _two_loops(common.unmasked_kv_blocks(cfg, i, n_k), common.causal_kv_blocks(cfg, i, n_k), body, init)
+    carry = _two_loops(common.window_first_kv_block(cfg, i, n_k), common.unmasked_kv_blocks(cfg, i, n_k),
+                       common.causal_kv_blocks(cfg, i, n_k), body, init)
     o, lse = common.finalize(*carry)
     plgpu.store(o_ref, o.astype(o_ref.dtype), mask=dmask)
     lse_ref[...] = lse[:, 0]
 
 
-def _two_loops(n_unmasked, n_visible, body, carry):
-    """Key blocks [0, n_unmasked) without the mask, then [n_unmasked, n_visible) with it."""
-    carry = jax.lax.fori_loop(0, n_unmasked, functools.partial(body, masked=False), carry)
+def _two_loops(first, n_unmasked, n_visible, body, carry):
+    """Key blocks [first, n_unmasked) without the mask, then [n_unmasked, n_visible) with it
+    (first: 0, or the first block inside a sliding window, which then has no unmasked blocks)."""
+    carry = jax.lax.fori_loop(first, n_unmasked, functools.partial(body, masked=False), carry)
     return jax.lax.fori_loop(n_unmasked, n_visible, functools.partial(body, masked=True), carry)
 
 
@@ -124,8 +126,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, 
         return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
     n_k = k_ref.shape[0] // bk
-    dq = _two_loops(common.unmasked_kv_blocks(cfg, i, n_k), common.causal_kv_blocks(cfg, i, n_k), body,
-                    jnp.zeros((bq, dp), jnp.float32))
+    dq = _two_loops(common.window_first_kv_block(cfg, i, n_k), common.unmasked_kv_blocks(cfg, i, n_k),
+                    common.causal_kv_blocks(cfg, i, n_k), body, jnp.zeros((bq, dp), jnp.float32))
     plgpu.store(dq_ref, (dq * cfg.sm_scale).astype(dq_ref.dtype), mask=dmask)
 
 
@@ -140,6 +142,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
     first = common.causal_first_q_block(cfg, j, n_q)
 
     full = common.unmasked_first_q_block(cfg, j, n_q, pl.num_programs(2))
+    end = common.window_end_q_block(cfg, j, n_q)  # n_q without a sliding window
 
     def q_block(i, carry, g, masked):
         dk, dv = carry
@@ -153,9 +156,9 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
         dk = dk + jax.lax.dot_general(ds.astype(q.dtype), q, common.TN, preferred_element_type=jnp.float32)
         return dk, dv
 
-    def head(g, carry):  # query blocks [first, full) need the mask, [full, n_q) do not
+    def head(g, carry):  # query blocks [first, full) need the mask, [full, end) do not
         carry = jax.lax.fori_loop(first, full, functools.partial(q_block, g=g, masked=True), carry)
-        return jax.lax.fori_loop(full, n_q, functools.partial(q_block, g=g, masked=False), carry)
+        return jax.lax.fori_loop(full, end, functools.partial(q_block, g=g, masked=False), carry)
 
     zeros = jnp.zeros((bk, dp), jnp.float32)
     dk, dv = jax.lax.fori_loop(0, cfg.groups, head, (zeros, zeros))

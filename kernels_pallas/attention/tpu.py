@@ -56,9 +56,10 @@ def _mask(cfg, i, j, qs_ref, ks_ref):
     return common.block_mask(cfg, i * cfg.block_q, j * cfg.block_k, cfg.block_q, cfg.block_k, q_seg, kv_seg)
 
 
-def _masked_or_not(j, n_unmasked, n_visible, accumulate):
-    """Run accumulate(masked=False) for key blocks below n_unmasked, accumulate(masked=True) up to n_visible."""
-    pl.when(j < n_unmasked)(lambda: accumulate(False))
+def _masked_or_not(j, first, n_unmasked, n_visible, accumulate):
+    """Run accumulate(masked=False) for key blocks in [first, n_unmasked), accumulate(masked=True)
+    in [n_unmasked, n_visible); first is 0, or the first block inside a sliding window."""
+    pl.when(jnp.logical_and(j >= first, j < n_unmasked))(lambda: accumulate(False))
     pl.when(jnp.logical_and(j >= n_unmasked, j < n_visible))(lambda: accumulate(True))
 
 
@@ -80,7 +81,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, m_sc, l
         m, l, acc = common.softmax_step(m_sc[...], l_sc[...], acc_sc[...], s, mask, v_ref[...])
         m_sc[...], l_sc[...], acc_sc[...] = m, l, acc
 
-    _masked_or_not(j, common.unmasked_kv_blocks(cfg, i, n_k), common.causal_kv_blocks(cfg, i, n_k), accumulate)
+    _masked_or_not(j, common.window_first_kv_block(cfg, i, n_k), common.unmasked_kv_blocks(cfg, i, n_k),
+                   common.causal_kv_blocks(cfg, i, n_k), accumulate)
 
     @pl.when(j == n_k - 1)
     def _():
@@ -90,8 +92,13 @@ def _forward_kernel(q_ref, k_ref, v_ref, qs_ref, ks_ref, o_ref, lse_ref, m_sc, l
 
 
 def _kv_index(cfg, i, j, n_k):
-    """Key block to fetch at step j for query block i: skipped blocks repeat the last needed one."""
-    return jnp.minimum(j, jnp.maximum(common.causal_kv_blocks(cfg, i, n_k) - 1, 0)) if cfg.causal else j
+    """Key block to fetch at step j for query block i: skipped blocks repeat a needed one (before
+    a sliding window: its first block; after the causal diagonal: the last)."""
+    if not cfg.causal:
+        return j
+    if cfg.window is not None:
+        j = jnp.maximum(j, common.window_first_kv_block(cfg, i, n_k))
+    return jnp.minimum(j, jnp.maximum(common.causal_kv_blocks(cfg, i, n_k) - 1, 0))
 
 
 def forward(q, k, v, q_seg, kv_seg, cfg: common.Config):
@@ -135,7 +142,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref, 
                                          do_ref[...], v)
         dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
-    _masked_or_not(j, common.unmasked_kv_blocks(cfg, i, n_k), common.causal_kv_blocks(cfg, i, n_k), accumulate)
+    _masked_or_not(j, common.window_first_kv_block(cfg, i, n_k), common.unmasked_kv_blocks(cfg, i, n_k),
+                   common.causal_kv_blocks(cfg, i, n_k), accumulate)
 
     @pl.when(j == n_k - 1)
     def _():
@@ -164,7 +172,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qs_ref, ks_ref,
 
     full = common.unmasked_first_q_block(cfg, j, n_q, pl.num_programs(2))
     first = common.causal_first_q_block(cfg, j, n_q)
-    pl.when(i >= full)(lambda: accumulate(False))
+    end = common.window_end_q_block(cfg, j, n_q)  # n_q without a sliding window
+    pl.when(jnp.logical_and(i >= full, i < end))(lambda: accumulate(False))
     pl.when(jnp.logical_and(i >= first, i < full))(lambda: accumulate(True))
 
     @pl.when(step == n_steps - 1)
@@ -201,7 +210,12 @@ def backward(q, k, v, q_seg, kv_seg, o, lse, do, cfg: common.Config):
     # dk, dv: grid (B, Hkv, key block, G * query blocks); step -> head h*G + step // n_q, block step % n_q.
     def q_block(j, step):
         i = jax.lax.rem(step, n_q)  # lax.rem/div: plain integer ops (no floor-mod fix-up) for Mosaic
-        return jnp.maximum(i, common.causal_first_q_block(cfg, j, n_q)) if cfg.causal else i
+        if not cfg.causal:
+            return i
+        i = jnp.maximum(i, common.causal_first_q_block(cfg, j, n_q))
+        if cfg.window is not None:  # blocks past the window repeat its last one
+            i = jnp.minimum(i, jnp.maximum(common.window_end_q_block(cfg, j, n_q) - 1, 0))
+        return i
 
     qg = lambda b_, h, j, st: (b_, h * g + jax.lax.div(st, n_q), q_block(j, st), 0)  # noqa: E731
     k_spec = pl.BlockSpec((None, None, bk, d), lambda b_, h, j, st: (b_, h, j, 0))
