@@ -186,18 +186,22 @@ def test_llama3_scaling_cached_generation_equals_transformers_at_batch_1_and_3(l
 def test_openelm_cached_generation_equals_jaxlm_torch_at_batch_1_and_3(tmp_path):
     """OpenELM through the independent PyTorch reader: a model with jaxlm.torch's random weights
     (layerwise sizes, QK-norm, tied) saved in Apple's layout, imported, decoded by both."""
+    import json
+
     from safetensors.torch import save_file
 
-    from convert_helpers import save_jaxlm_model
-    from jaxlm.convert import to_hf
-    from jaxlm.torch import load_openelm
+    from jaxlm.config import load_run_config
+    from jaxlm.convert import openelm
+    from jaxlm.torch.openelm import OpenELM, OpenELMSizes
 
-    save_jaxlm_model(tmp_path / "sizes", "tiny_layerwise",  # only for the layout's config.json
-                     ["model.model_dim=64", "model.num_layers=3", "model.head_dim=16", "model.ffn_dim_divisor=16",
-                      f"model.vocab_size={VOCAB}"])
-    to_hf(tmp_path / "sizes", tmp_path / "hf")
+    sizes = load_run_config("tiny_layerwise", ["model.model_dim=64", "model.num_layers=3", "model.head_dim=16",
+                                               "model.ffn_dim_divisor=16", f"model.vocab_size={VOCAB}"]).model
+    config = openelm.config_to_hf(sizes)  # Apple's config.json fields, no weights
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     torch.manual_seed(3)
-    tm = load_openelm(tmp_path / "hf")
+    tm = OpenELM(OpenELMSizes.from_config(config)).eval()
+    assert len(set(zip(tm.sizes.num_query_heads, tm.sizes.ffn_dims))) == 3 and tm.sizes.qk_norm and tm.sizes.tied
     with torch.no_grad():
         for name, p in tm.named_parameters():
             p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * p.shape[-1] ** -0.5)
