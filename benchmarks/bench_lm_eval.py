@@ -86,11 +86,12 @@ def bench_model(name: str, reqs, runs: int, hf: bool, tmp: Path) -> list[dict]:
     return rows
 
 
-def write_markdown(rows: list[dict], n: int, path: Path) -> None:
+def write_markdown(rows: list[dict], n: int, path: Path, loads: tuple[float, float]) -> None:
     lines = ["# lm-eval loglikelihood: batch 1 vs batch 8", "",
-             f"`python benchmarks/bench_lm_eval.py` on {platform.machine()} ({os.cpu_count()} CPU cores, shared with "
-             f"other jobs while measuring), {time.strftime('%Y-%m-%d')}. {n} loglikelihood requests (the bundled "
-             f"shakespeare_cloze task's), best of the timed passes after one compiling pass; float32.", "",
+             f"`python benchmarks/bench_lm_eval.py` on {platform.machine()} ({os.cpu_count()} CPU cores; 1-minute "
+             f"load average {loads[0]:.2f} before, {loads[1]:.2f} after), {time.strftime('%Y-%m-%d')}. {n} "
+             f"loglikelihood requests (the bundled shakespeare_cloze task's), best of the timed passes after one "
+             f"compiling pass; float32.", "",
              "| model | params | implementation | batch | seconds | requests/s | speed-up vs batch 1 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -110,12 +111,19 @@ def main() -> None:
     args = ap.parse_args()
     reqs = requests(args.repeat)
     rows = []
+    load0 = os.getloadavg()[0]
+    print(f"load average {load0:.2f} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows += bench_model(name, reqs, args.runs, args.hf, Path(tmp))
             for r in rows[-4 if args.hf else -2:]:
                 print(f"{r['model']:8s} {r['impl']:30s} batch {r['batch']}: {r['s']:.3f} s ({r['req/s']:.0f} req/s)")
-    write_markdown(rows, len(reqs), Path(args.out))
+    loads = (load0, os.getloadavg()[0])
+    if max(loads) > os.cpu_count():  # figures taken on a busy machine do not reproduce: print, never publish
+        print(f"load average {loads} exceeded the {os.cpu_count()} cores: {args.out} not written; rerun on a quiet "
+              f"machine")
+        sys.exit(1)
+    write_markdown(rows, len(reqs), Path(args.out), loads)
     print(f"wrote {args.out}")
 
 
