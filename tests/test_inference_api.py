@@ -136,3 +136,33 @@ def test_cli_bad_input_exits_2_with_one_line(model_dir, capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err and "Traceback" not in err
+
+
+def test_scoring_picks_longrope_factors_per_row_not_from_the_padded_width():
+    """A short row scored beside a row past original_max_position gets the same log-probs as alone."""
+    import jax.numpy as jnp
+
+    from jaxlm.inference.scoring import Scorer
+    from jaxlm.model import ModelConfig, RopeScaling, build_model
+
+    rs = RopeScaling(type="longrope", original_max_position=16, short_factor=(1.0, 1.0, 1.0, 1.0),
+                     long_factor=(4.0, 8.0, 16.0, 32.0), factor=4.0)
+    cfg = ModelConfig(vocab_size=61, model_dim=32, num_layers=2, head_dim=8, num_query_heads=4, num_kv_heads=2,
+                      ffn_dim=64, max_context=64, rope_scaling=rs)
+    model = build_model(cfg, seed=0)
+    scorer = Scorer(model)
+
+    def unpadded(tokens):  # the row alone, no padding: positions 0 .. n-2 decide the factors
+        logp = jax.nn.log_softmax(model(jnp.asarray([tokens[:-1]]))[0], axis=-1)
+        return np.asarray(logp[jnp.arange(len(tokens) - 1), jnp.asarray(tokens[1:])])
+
+    rng = np.random.default_rng(0)
+    short, long = rng.integers(0, 61, 10).tolist(), rng.integers(0, 61, 40).tolist()
+    ids = np.zeros((2, 41), np.int32)
+    mask = np.zeros((2, 40), np.float32)
+    ids[0, :10], mask[0, :9] = short, 1
+    ids[1, :40], mask[1, :39] = long, 1
+    both = np.asarray(scorer._logprobs(scorer.state, jnp.asarray(ids), jnp.asarray(mask)))
+    np.testing.assert_allclose(both[0, :9], unpadded(short), atol=1e-5)  # short factors, though the batch is 40 wide
+    np.testing.assert_allclose(both[1, :39], unpadded(long), atol=1e-5)
+    np.testing.assert_allclose(scorer.token_logprobs(short), unpadded(short), atol=1e-5)  # padded to 32 alone

@@ -87,7 +87,9 @@ def _continuation_scores(graphdef, state, ids, ends, *, k: int):
     """ids (B, W), ends (B,) -> log-probs and argmax hits (B, k) of targets ends-k .. ends-1."""
     model = nnx.merge(graphdef, state)
     b = ids.shape[0]
-    hidden = model.hidden_states(ids[:, :-1])  # (B, W - 1, D): the last token is only ever a target
+    # (B, W - 1, D): the last token is only ever a target. Each row's LongRoPE factors follow its own fed
+    # length (ends - 1 tokens, as lm-eval's hf model feeds them), not the padded width.
+    hidden = model.hidden_states(ids[:, :-1], seq_lengths=jnp.maximum(ends - 1, 1))
     targets = ends[:, None] - k + jnp.arange(k)[None, :]  # (B, k) positions of the scored tokens
     valid = targets >= 1
     sources = jnp.maximum(targets - 1, 0)  # the position whose output predicts each target
@@ -101,7 +103,8 @@ def _continuation_scores(graphdef, state, ids, ends, *, k: int):
 def _target_logprobs(graphdef, state, ids, mask):
     """ids (B, T+1), mask (B, T) -> (B, T) log p(ids[:, 1:] | prefix), zero where mask is 0."""
     model = nnx.merge(graphdef, state)
-    logits = model(ids[:, :-1])  # (B, T, V) float32
+    fed = jnp.maximum(jnp.sum(mask, axis=-1).astype(jnp.int32), 1)  # real tokens per row, for LongRoPE's choice
+    logits = model.logits(model.hidden_states(ids[:, :-1], seq_lengths=fed))  # (B, T, V) float32
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
     return picked * mask
