@@ -67,6 +67,9 @@ def cli() -> None:
         threading.excepthook = lambda args: None
         sys.unraisablehook = lambda args: None  # e.g. tensorstore callbacks into Orbax's closed event loop
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        # "Task exception was never retrieved": Orbax/tensorstore futures of a read that already failed
+        # (the failure reaches main as an exception and becomes the one line)
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
