@@ -34,6 +34,7 @@ def compile_once(config: str, topology: str, impl: str, batch: int, seq_len: int
            "--mesh.fsdp", str(chips), "--batch-size", str(batch), "--seq-len", str(seq_len),
            "--set", f"model.attention_impl={impl}", "--set", f"model.norm_impl={impl}",
            "--set", f"model.max_context={max(seq_len, 2048)}"] + [a for kv in extra for a in ("--set", kv)]
+    commit = _commit()  # before the compile: a commit made meanwhile is not what this row measured
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     try:
@@ -42,8 +43,8 @@ def compile_once(config: str, topology: str, impl: str, batch: int, seq_len: int
         out, err, rc = p.stdout, p.stderr, p.returncode
     except subprocess.TimeoutExpired:
         out, err, rc = "", f"timed out after {timeout} s", -1
-    row = {"config": config, "topology": topology, "impl": impl, "batch": batch, "wall_s": time.perf_counter() - t0,
-           "load": (load0, os.getloadavg()[0]), "rc": rc}
+    row = {"config": config, "topology": topology, "impl": impl, "batch": batch, "seq": seq_len, "set": extra,
+           "commit": commit, "wall_s": time.perf_counter() - t0, "load": (load0, os.getloadavg()[0]), "rc": rc}
     if m := re.search(r"compiled in ([\d.]+) s", out):
         row["compile_s"] = float(m[1])
     if m := re.search(r"arguments ([\d.]+) GiB, temporaries ([\d.]+) GiB.*total ([\d.]+) GiB", out):
@@ -55,6 +56,13 @@ def compile_once(config: str, topology: str, impl: str, batch: int, seq_len: int
     row["verdict"] = "fits" if rc == 0 else ("does not fit" if "does not fit" in out + err else
                                             (err.strip().splitlines() or ["failed"])[-1][:120])
     return row
+
+
+def _commit() -> str:
+    """The checked-out commit (rows measured before and after a change stay apart)."""
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent)
+    return p.stdout.strip() or "-"
 
 
 def fmt(x, digits=2):
@@ -89,23 +97,27 @@ def main() -> None:
 def write(rows: list[dict], args, cores: int) -> None:
     """Memory is the TPU compiler's (host-independent) and always written; compile seconds only for
     rows whose load average stayed at or below the core count."""
-    lines = ["| config | topology | impl | global batch | arguments (GiB) | temporaries (GiB) | total (GiB) | "
-             "verdict | compile (s) | load before / after |", "|" + "---|" * 10]
+    lines = ["| config | topology | impl | global batch | seq | overrides | commit | arguments (GiB) | "
+             "temporaries (GiB) | total (GiB) | verdict | compile (s) | load before / after |", "|" + "---|" * 13]
     for r in rows:
         quiet = max(r["load"]) <= cores
         seconds = fmt(r.get("compile_s"), 0) if quiet else "not published (loaded)"
-        lines.append(f"| {r['config']} | {r['topology']} | {r['impl']} | {r['batch']} | {fmt(r.get('args'))} | "
+        overrides = " ".join(r.get("set", [])) or "-"
+        lines.append(f"| {r['config']} | {r['topology']} | {r['impl']} | {r['batch']} | {r.get('seq', 2048)} | "
+                     f"{overrides} | {r.get('commit', '-')} | {fmt(r.get('args'))} | "
                      f"{fmt(r.get('temps'))} | {fmt(r.get('total'))} | {r['verdict']} | {seconds} "
                      f"| {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
     header = (f"# Train-step memory and compile time on TPU slices (`jaxlm compile`, libtpu)\n\n"
               f"`python benchmarks/bench_compile.py --cases CONFIG:TOPOLOGY:IMPL ...` (rows in run order; "
-              f"benchmarks/results/compile.jsonl has every field): seq {args.seq_len}, "
-              f"{args.per_device_batch} sequences per chip, mesh fsdp = all chips, param f32 / compute bf16, "
-              f"remat as configured (none). Compiled on this host ({platform.machine()}, {cores} cores); memory is "
+              f"benchmarks/results/compile.jsonl has every field): mesh fsdp = all chips, param f32 / compute "
+              f"bf16, remat as configured unless overridden; rows without a commit predate the column. "
+              f"Compiled on this host ({platform.machine()}, {cores} cores); memory is "
               f"the TPU compiler's per-device assignment and does not depend on the host. Compile seconds are "
               f"published only for rows whose load average stayed at or below {cores}.\n\n")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(header + "\n".join(lines) + "\n")
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    notes = old[old.index("\n## "):] if "\n## " in old else ""  # the hand-written sections below the table
+    RESULTS.write_text(header + "\n".join(lines) + "\n" + notes)
     ROWS.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
