@@ -5,10 +5,10 @@ Same signature and semantics as `attention_reference` (GQA, causal by positions,
 explicit query / key positions for prefill against a cache, zeros for rows that see no key).
 Layout inside: queries in blocks of bq, keys in blocks of bk, block index leading:
   q (nq, B, Hkv, G, bq, D)   k, v (nk, B, Hkv, bk, D)   positions / segments (n, B, block)
-Forward: for each query block (lax.map), a fori_loop over key blocks carries the running max m,
+Forward: for each query block, a loop over key blocks carries the running max m,
 the normaliser l and the f32 accumulator (see common.py for the update); it saves only
 o and lse = m + log l. Backward (custom VJP, FlashAttention-2 math, one pass): for each key block
-(lax.scan), a fori_loop over query blocks recomputes p = exp(s - lse), adds into dk, dv (carried)
+a loop over query blocks recomputes p = exp(s - lse), adds into dk, dv (carried)
 and into the f32 dq of that query block (an in-place update of one (T)-sized buffer). So neither
 pass keeps a per-block probability matrix; the largest temporaries are one (B, Hq, bq, bk) tile.
 Causal: a (query block, key block) pair is skipped (lax.cond) when the smallest key position of
@@ -157,6 +157,40 @@ def _maybe(cfg: _Static, q_bounds, k_bounds, step, carry):
     return jax.lax.cond(visible, step, lambda c: c, carry)
 
 
+# ---------------------------------------------------------------- loops
+
+# The loops are while loops, not scans (a fori_loop with static bounds and lax.map are scans).
+# Under jax.grad, JAX's scan partial evaluation hoists work that depends only on an enclosing
+# scan's constants out of it; inside the model's layer scan that is every block pair's position
+# mask (and the constant operands of the selects), stacked over all (query block, key block)
+# pairs: O(T^2) memory again. A while loop is not split that way, and nothing differentiates
+# these loops (the custom VJP does).
+
+def _fori(n: int, body, init):
+    """lax.fori_loop(0, n, body, init) as a while loop."""
+    return jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, body(c[0], c[1])), (jnp.int32(0), init))[1]
+
+
+def _scan(body, init, xs):
+    """lax.scan(body, init, xs) as a while loop; the ys are written into preallocated buffers."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    take = lambda i: jax.tree.map(lambda x: x[i], xs)  # noqa: E731
+    y_avals = jax.eval_shape(lambda c, x: body(c, x)[1], init, take(0))
+    ys = jax.tree.map(lambda a: jnp.zeros((n,) + a.shape, a.dtype), y_avals)
+
+    def step(i, carry):
+        c, ys = carry
+        c, y = body(c, take(i))
+        return c, jax.tree.map(lambda buf, v: buf.at[i].set(v), ys, y)
+
+    return _fori(n, step, (init, ys))
+
+
+def _map(f, xs):
+    """lax.map(f, xs) as a while loop."""
+    return _scan(lambda c, x: (c, f(x)), (), xs)[1]
+
+
 # ---------------------------------------------------------------- forward, backward, custom VJP
 
 def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
@@ -187,13 +221,13 @@ def _forward(qb, kb, vb, qpos, kpos, qseg, kseg, cfg: _Static):
         stat = q.shape[:-1] + (1,)  # (B, Hkv, G, bq, 1)
         init = (jnp.full(stat, MASK_VALUE, jnp.float32), jnp.zeros(stat, jnp.float32),
                 jnp.zeros(q.shape, jnp.float32))
-        m, l, acc = jax.lax.fori_loop(0, n_k, key_block, init)
+        m, l, acc = _fori(n_k, key_block, init)
         empty = l == 0.0  # a row that saw no key: o = 0, lse = 0 (not NaN)
         o = acc / jnp.where(empty, 1.0, l)
         lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, l)))
         return o.astype(q.dtype), lse[..., 0]
 
-    return jax.lax.map(query_block, (qb, qpos, qseg, q_los, q_his))
+    return _map(query_block, (qb, qpos, qseg, q_los, q_his))
 
 
 def _backward(qb, kb, vb, qpos, kpos, qseg, kseg, ob, lse, dob, cfg: _Static):
@@ -224,11 +258,11 @@ def _backward(qb, kb, vb, qpos, kpos, qseg, kseg, ob, lse, dob, cfg: _Static):
             return _maybe(cfg, (q_lo[i], q_hi[i]), (k_lo, k_hi), step, carry)
 
         zeros = jnp.zeros(k.shape, jnp.float32)
-        dq, dk, dv = jax.lax.fori_loop(0, n_q, query_block, (dq, zeros, zeros))
+        dq, dk, dv = _fori(n_q, query_block, (dq, zeros, zeros))
         return dq, (dk * cfg.sm_scale, dv)
 
     xs = (kb, vb, kpos, kseg, k_los, k_his, jnp.arange(kb.shape[0]))
-    dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(qb.shape, jnp.float32), xs)
+    dq, (dk, dv) = _scan(key_block, jnp.zeros(qb.shape, jnp.float32), xs)
     return (dq * cfg.sm_scale).astype(qb.dtype), dk.astype(kb.dtype), dv.astype(vb.dtype)
 
 
