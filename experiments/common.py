@@ -88,7 +88,10 @@ def finished_run(run_cfg) -> bool:
     import dataclasses
 
     saved = read_config(run_dir)  # its checkpoint section differs (set below) and the folder may have moved
-    same = lambda c: (c.model, c.data, dataclasses.replace(c.train, out_dir=""), c.seed)  # noqa: E731
+    def same(c):
+        train = {k: v for k, v in dataclasses.asdict(c.train).items() if k != "out_dir"}
+        return c.model, c.data, train, c.seed
+
     return same(saved) == same(run_cfg)
 
 

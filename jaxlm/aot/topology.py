@@ -30,8 +30,13 @@ def topology_devices(name: str) -> list:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    import jax
     from jax.experimental import topologies
 
+    # A compile-only executable has no client to be reloaded into: a persistent compilation cache
+    # (JAX_COMPILATION_CACHE_DIR) would store it and then warn on every later read. The compile is
+    # what is being measured here anyway.
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         with _quiet_stderr():  # libtpu's start-up warnings about the missing TPU host
             return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
