@@ -4,8 +4,9 @@
 
 For each config it lowers and compiles the jitted step: with layer grouping (identical
 consecutive layers stacked and run by one lax.scan; model.scan_layers=true), without
-(every layer its own block; scan_layers=false), and with FFN-padded grouping (layers that differ
-only in FFN width share a scan; model.scan_pad_ffn=true), and prints the number of distinct blocks and
+(every layer its own block; scan_layers=false), and with layer buckets (similar layers padded to one
+shape share a scan; model.scan_pad_budget, 0.03 unless the config sets it), and prints the number of
+distinct blocks and
 the seconds spent in lowering and in XLA compilation. Runs on whatever backend JAX finds
 (one device, mesh (1, 1, 1)).
 """
@@ -35,11 +36,8 @@ def compile_step(run_cfg, seq_len: int, batch: int) -> tuple[float, float, int]:
 
 
 def blocks_compiled(model_cfg) -> int:
-    """Distinct scanned blocks: stored layer groups, or runs of them with scan_pad_ffn."""
-    if not model_cfg.scan_pad_ffn:
-        return len(model_cfg.layer_groups)
-    keys = [(s.num_query_heads, s.num_kv_heads) for s, _ in model_cfg.layer_groups]
-    return sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
+    """Distinct scanned blocks of the model in memory (layer buckets included)."""
+    return len(model_cfg.layer_groups)
 
 
 def main() -> None:
@@ -51,14 +49,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--modes", nargs="+", default=["on", "off", "pad"], choices=["on", "off", "pad"],
                     help="on: identical layers scanned; off: every layer its own block; "
-                         "pad: also scan layers differing only in FFN width (model.scan_pad_ffn)")
+                         "pad: layer buckets (model.scan_pad_budget)")
     args = ap.parse_args()
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), seq {args.seq_len}, batch {args.batch}")
     print("| config | layers | grouping | blocks compiled | lower (s) | compile (s) |\n|---|---|---|---|---|---|")
     for name in args.configs:
         base = load_run_config(name)
         for mode in args.modes:
-            model = dataclasses.replace(base.model, scan_layers=mode != "off", scan_pad_ffn=mode == "pad")
+            budget = (base.model.scan_pad_budget or 0.03) if mode == "pad" else 0.0
+            model = dataclasses.replace(base.model, scan_layers=mode != "off", scan_pad_budget=budget)
             cfg = dataclasses.replace(base, model=model)
             lower_s, compile_s, groups = compile_step(cfg, args.seq_len, args.batch)
             print(f"| {name} | {cfg.model.num_layers} | {mode} | {groups} | {lower_s:.1f} | "

@@ -31,7 +31,9 @@ def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_fi
                overwrite: bool = False, inputs: list[str | Path] = ()) -> Path:
     """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically. `inputs`:
     the paths the model was read from, which `path` must not overlap."""
-    params = flatten(nnx.state(model, nnx.Param).to_pure_dict())
+    from jaxlm.model import stored_tree
+
+    params = flatten(stored_tree(model.cfg, nnx.state(model, nnx.Param).to_pure_dict()))  # unpadded layers
     leaves = ((p, np.asarray(x)) for p, x in layer_leaves(params))  # one layer on the host at a time
     return write_model_dir(path, run_cfg, leaves, extra_files, overwrite, inputs)
 
@@ -74,6 +76,8 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
 
     Only parameters are restored. With `model_config`, that architecture is built instead of the
     saved one (and no LoRA is applied), e.g. to start a run from a model dir; shapes must match.
+    The model comes in the stored layout (`ModelConfig.stored()`: no layer buckets), the one weight
+    transforms (quantization, LoRA, export) work on; `jaxlm.model.to_bucketed` pads it for speed.
     """
     import orbax.checkpoint as ocp
 
@@ -88,9 +92,9 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
     if quant is not None and quant.enabled:  # a quantized model dir (jaxlm quantize): codes and scales
         from jaxlm.quant import abstract_quantized
 
-        model = abstract_quantized(model_config or run_cfg.model, quant)
+        model = abstract_quantized((model_config or run_cfg.model).stored(), quant)
     else:
-        model = abstract_model(model_config or run_cfg.model)
+        model = abstract_model((model_config or run_cfg.model).stored())
     if model_config is None:
         model = prepare_model(run_cfg, model)  # a LoRA run's checkpoint holds the adapters too
     graphdef, abstract_state = nnx.split(model)

@@ -40,7 +40,7 @@ def run(args) -> int:
 
     cfg = run_cfg.model
     seq_len = args.seq_len or cfg.max_context
-    model = abstract_model(cfg)
+    model = abstract_model(cfg.stored())  # the real (unpadded) parameters
     total = param_count(model)
     print(f"{cfg.name}: {cfg.num_layers} layers, model_dim {cfg.model_dim}, head_dim {cfg.head_dim}, "
           f"vocab {cfg.vocab_size}, {'tied' if cfg.tie_embeddings else 'untied'} embeddings")
@@ -51,7 +51,7 @@ def run(args) -> int:
 
     state = nnx.state(model, nnx.Param)
     nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
-    print(f"layer groups (scanned): {len(cfg.layer_groups)}")
+    print(describe_buckets(cfg, seq_len))
     print(f"total parameters: {total:,} ({total / 1e6:.2f}M), {nbytes / 2**30:.2f} GiB as {cfg.param_dtype}")
     per_tok = flops.train_flops_per_token(cfg, seq_len)
     print(f"training FLOPs/token at seq {seq_len}: {per_tok:.4g} (6N + 12*L*Hq*hd*T, causal not halved)")
@@ -60,3 +60,18 @@ def run(args) -> int:
 
         print(describe_storage(run_cfg, args.ckpt))
     return 0
+
+
+def describe_buckets(cfg, seq_len: int) -> str:
+    """How the layers are scanned: blocks to compile and, with layer buckets, their padding cost."""
+    from jaxlm.model import buckets
+
+    line = f"scanned blocks: {len(cfg.layer_groups)} (runs of identical layers: {len(cfg.stored_groups)})"
+    if not cfg.bucketed:
+        return line
+    head = 6 * cfg.vocab_size * cfg.model_dim
+    extra = buckets.overhead(cfg.buckets, cfg.model_dim, cfg.head_dim, seq_len, head)
+    sizes = " ".join(str(b.count) for b in cfg.buckets)
+    return (f"{line}; layer buckets (model.scan_pad_budget {cfg.scan_pad_budget:g}) of {sizes} layers, "
+            f"padding costs +{100 * extra:.2f}% training FLOPs at seq {seq_len}")
+

@@ -25,6 +25,12 @@ class RunConfig:
     quant: QuantConfig = QuantConfig()
     lora: LoraConfig = LoraConfig()
 
+    def __post_init__(self):
+        # Quantized weights and LoRA adapters are laid out per stored (unpadded) layer: such runs keep
+        # the stored layout in memory too (model.scan_pad_budget only changes speed, never the model).
+        if (self.quant.enabled or self.lora.enabled) and self.model.scan_pad_budget:
+            object.__setattr__(self, "model", self.model.stored())
+
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,
                     default: str | Path | None = None) -> RunConfig:

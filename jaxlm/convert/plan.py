@@ -1,7 +1,8 @@
 """The tensor plan of one model under one family: which HF tensor comes from which jaxlm leaf.
 
 HF layer i lives in jaxlm group g at index j of its stacked "layers" axis, following
-`cfg.layer_groups` (runs of identical layers); a model dir stores it as layers/<i>/... (params_io).
+`cfg.stored_groups` (runs of identical layers, unpadded: the layout of checkpoints); a model dir
+stores it as layers/<i>/... (params_io).
 Shapes come from `abstract_model` (no memory).
 """
 
@@ -35,7 +36,7 @@ def param_shapes(cfg: ModelConfig) -> dict[Path, tuple[tuple[int, ...], str]]:
 
     from jaxlm.model import abstract_model
 
-    pure = nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
+    pure = nnx.state(abstract_model(cfg.stored()), nnx.Param).to_pure_dict()
     flat = jax.tree_util.tree_flatten_with_path(pure)[0]
     return {tuple(str(k.key) for k in path): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in flat}
 
@@ -51,7 +52,7 @@ def make_plan(family: Family, cfg: ModelConfig) -> list[Item]:
     top = [r for r in family.top if r.leaf in shapes]
     items = [item(top[0].leaf, None, None, top[0], top[0].hf)]
     i = 0
-    for g, (_, count) in enumerate(cfg.layer_groups):
+    for g, (_, count) in enumerate(cfg.stored_groups):
         for j in range(count):
             prefix = family.layer_prefix.format(i=i)
             for rule in family.layer:

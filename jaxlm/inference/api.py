@@ -33,7 +33,10 @@ def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "Langua
     from jaxlm.tokenizer import load_tokenizer
     from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
 
-    _, model = load_model(path)
+    from jaxlm.model import to_bucketed
+
+    run_cfg, model = load_model(path)
+    model = to_bucketed(model, run_cfg.model)  # the layer buckets of training serve decode too
     if tokenizer is None:
         tokenizer = load_tokenizer_for(path)
     elif isinstance(tokenizer, (str, Path)):

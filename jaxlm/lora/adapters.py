@@ -88,6 +88,8 @@ def apply_lora(model, cfg: LoraConfig):
 
     Works on concrete and on abstract (eval_shape) models.
     """
+    if model.cfg.bucketed:  # a programming error: adapters are per stored layer, not per padded bucket
+        raise JaxlmError("apply LoRA to a model in its stored layout: pass jaxlm.model.to_stored(model)")
     key = jax.random.key(cfg.seed)
     for gi, target, parent, attr in lora_weights(model):
         if target not in cfg.targets:

@@ -76,10 +76,11 @@ class ModelConfig:
     norm_impl: KernelImpl = "auto"
     # Layers with identical sizes are stacked and run with one lax.scan (fewer blocks to compile).
     scan_layers: bool = True
-    # Also run consecutive layers that differ only in FFN width as one scan, zero-padding their FFN
-    # weights to the widest at run time (exact). OpenELM-3B: 36 blocks to compile -> 4, for ~16% more
-    # matmul FLOPs. Training/scoring only: decoding with a KV cache keeps the stored groups.
-    scan_pad_ffn: bool = False
+    # Pad consecutive layers of different sizes (OpenELM) into buckets that each run as one scan: the
+    # fewest buckets whose extra training FLOPs stay within this fraction of the model's (0.03: 3%).
+    # Exact (jaxlm.model.buckets); checkpoints and model dirs keep the unpadded layers. 0: only
+    # identical layers share a scan. Quantized and LoRA runs store and run unpadded (RunConfig sets 0).
+    scan_pad_budget: float = 0.0
     # Rematerialisation of each block in the backward pass: none | full | dots (save matmul outputs).
     remat: Literal["none", "full", "dots"] = "none"
 
@@ -93,6 +94,9 @@ class ModelConfig:
             raise ConfigError(f"model.head_dim must be even for RoPE (pairs of dimensions rotate), got {self.head_dim}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ConfigError(f"model.sliding_window must be a positive integer or null, got {self.sliding_window}")
+        if not 0.0 <= self.scan_pad_budget < 1.0:
+            raise ConfigError(f"model.scan_pad_budget is a fraction of the training FLOPs in [0, 1), got "
+                              f"{self.scan_pad_budget}; e.g. 0.03 for at most 3% extra")
         if self.norm_eps <= 0 or self.rope_theta <= 0:
             raise ConfigError("model.norm_eps and model.rope_theta must be positive")
         for field in ("num_query_heads", "num_kv_heads", "ffn_dim"):
@@ -140,12 +144,10 @@ class ModelConfig:
             ffn = layerwise.openelm_ffn_dims(n, self.model_dim, self.ffn_multipliers, self.ffn_dim_divisor)
         return tuple(LayerSpec(a, b, c) for a, b, c in zip(q, kv, ffn))
 
-    @property
-    def layer_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
-        """Runs of consecutive layers with identical sizes: ((spec, count), ...).
-
-        With `scan_layers`, each run is stored stacked and executed with one scan.
-        """
+    @functools.cached_property
+    def stored_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
+        """Runs of consecutive layers with identical sizes: ((spec, count), ...), the layout of
+        checkpoints and model dirs (`groups/<g>`, unpadded). Without `scan_layers`, one per layer."""
         groups: list[list] = []
         for spec in self.layer_specs:
             if self.scan_layers and groups and groups[-1][0] == spec:
@@ -153,6 +155,33 @@ class ModelConfig:
             else:
                 groups.append([spec, 1])
         return tuple((s, c) for s, c in groups)
+
+    @functools.cached_property
+    def buckets(self):
+        """The scanned blocks of the model in memory (jaxlm.model.buckets.Bucket): padded runs of
+        `stored_groups` under `scan_pad_budget`, or one bucket per run."""
+        from jaxlm.model import buckets
+
+        if self.scan_pad_budget > 0 and self.scan_layers and len(self.stored_groups) > 1:
+            return buckets.plan(self.stored_groups, self.model_dim, self.head_dim, self.max_context,
+                                self.scan_pad_budget, fixed_flops=6 * self.vocab_size * self.model_dim)
+        return tuple(buckets.Bucket(spec, ((spec, count),)) for spec, count in self.stored_groups)
+
+    @property
+    def layer_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
+        """The model's scanned blocks as ((padded spec, layers), ...): each is stored stacked and run with
+        one lax.scan (and has one KV-cache entry). Equal to `stored_groups` unless `bucketed`."""
+        return tuple((b.spec, b.count) for b in self.buckets)
+
+    @property
+    def bucketed(self) -> bool:
+        """True when some block holds padded layers of different sizes (the in-memory layout differs
+        from the stored one)."""
+        return any(len(b.members) > 1 for b in self.buckets)
+
+    def stored(self) -> "ModelConfig":
+        """This architecture with the stored (unpadded) layout in memory too."""
+        return dataclasses.replace(self, scan_pad_budget=0.0) if self.scan_pad_budget else self
 
     @property
     def uniform(self) -> bool:

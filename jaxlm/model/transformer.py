@@ -9,7 +9,8 @@ Layout of the weights (JAX convention, inputs first):
   lm_head      (D, V)                          only when embeddings are untied
 Grouping q heads under their kv head keeps each kv head's q, k and v together, so tensor
 parallelism can split the fused projection along kv heads.
-Layers with identical sizes are stacked on a leading "layers" axis and run with lax.scan.
+Layers with identical sizes are stacked on a leading "layers" axis and run with lax.scan; with
+`scan_pad_budget`, so are buckets of similar layers, zero-padded to one shape (jaxlm.model.buckets).
 """
 
 from __future__ import annotations
@@ -163,14 +164,9 @@ class Transformer(nnx.Module):
         kwargs = dict(segment_ids=segment_ids, positions=positions, norm_eps=cfg.norm_eps,
                       attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl, sliding_window=cfg.sliding_window)
         new_cache = []
-        if cfg.scan_pad_ffn and cache is None:
-            for run in ffn_padded_runs(cfg, self.groups):
-                x = run_padded(run, x, cos, sin, cfg.remat, kwargs)
-        else:
-            for i, block in enumerate(self.groups):
-                x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat,
-                                           kwargs)
-                new_cache.append(group_cache)
+        for i, block in enumerate(self.groups):
+            x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat, kwargs)
+            new_cache.append(group_cache)
         x = ops.rms_norm(x, self.final_norm[...], cfg.norm_eps, cfg.norm_impl)
         return x if cache is None else (x, new_cache)
 
@@ -198,43 +194,6 @@ def run_group(block: Block, x, cos, sin, cache, remat: str, kwargs):
     return scan_layers(graphdef, state, x, cos, sin, cache, remat, kwargs)
 
 
-def ffn_padded_runs(cfg: ModelConfig, groups) -> list[list[Block]]:
-    """Consecutive groups with the same attention shape and plain (unquantized) FFN weights."""
-    runs: list[list[Block]] = []
-    prev = None
-    for (spec, _), block in zip(cfg.layer_groups, groups):
-        key = (spec.num_query_heads, spec.num_kv_heads)
-        plain = isinstance(block.ffn.w_in, nnx.Param) and isinstance(block.ffn.w_out, nnx.Param)
-        if runs and plain and key == prev:
-            runs[-1].append(block)
-        else:
-            runs.append([block])
-        prev = key if plain else None
-    return runs
-
-
-def run_padded(run: list[Block], x, cos, sin, remat: str, kwargs):
-    """Run groups that differ only in FFN width as one scan (ModelConfig.scan_pad_ffn).
-
-    Each group's FFN weights are zero-padded to the widest in the run and all groups are stacked.
-    Exact: a padded unit computes act(0) * 0 = 0 and meets a zero row of w_out; the padding's
-    gradient is dropped by the pad's transpose. The cost is FFN FLOPs on the padding.
-    """
-    if len(run) == 1:
-        return run_group(run[0], x, cos, sin, None, remat, kwargs)[0]
-    width = max(block.ffn.w_out.shape[-2] for block in run)
-    graphdef, state = nnx.split(run[0])
-    trees = []
-    for block in run:
-        tree = nnx.state(block).to_pure_dict()
-        pad = width - block.ffn.w_out.shape[-2]
-        tree["ffn"]["w_in"] = jnp.pad(tree["ffn"]["w_in"], ((0, 0), (0, 0), (0, 0), (0, pad)))  # (L, D, 2, F)
-        tree["ffn"]["w_out"] = jnp.pad(tree["ffn"]["w_out"], ((0, 0), (0, pad), (0, 0)))  # (L, F, D)
-        trees.append(tree)
-    state.replace_by_pure_dict(jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *trees))
-    return scan_layers(graphdef, state, x, cos, sin, None, remat, kwargs)[0]
-
-
 def scan_layers(graphdef, state, x, cos, sin, cache, remat: str, kwargs):
     """lax.scan of one block's graph over parameters (and cache) stacked on the leading axis."""
 
@@ -258,6 +217,12 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
 
 
 def param_count(model_or_state) -> int:
-    """Number of parameters (elements of nnx.Param variables); works on abstract shapes."""
+    """Number of parameters (elements of nnx.Param variables); works on abstract shapes. A model with
+    layer buckets counts its real (unpadded) layers, not the zero padding."""
+    cfg = getattr(model_or_state, "cfg", None)
+    if isinstance(cfg, ModelConfig) and cfg.bucketed:
+        from jaxlm.model import abstract_params
+
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg.stored())))
     state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
     return sum(math.prod(x.shape) for x in jax.tree.leaves(state))

@@ -48,6 +48,8 @@ def quantize_model(model, qcfg: QuantConfig,
     quantize_fn(group, name, w, scheme, dims) overrides round-to-nearest for the block weights
     (GPTQ plugs in here).
     """
+    if model.cfg.bucketed:  # a programming error: the weights are per padded bucket, not per layer
+        raise JaxlmError("quantize a model in its stored layout: pass jaxlm.model.to_stored(model)")
     if any(isinstance(getattr(p, a), QuantizedWeight) for _, _, p, a, _ in block_weights(model)) or \
             isinstance(model.embed, QuantizedWeight):
         raise JaxlmError("the model is already quantized; quantize the original (16/32-bit) checkpoint instead")

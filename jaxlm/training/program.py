@@ -34,6 +34,24 @@ class TrainProgram:
     tx: object
     schedule: object
     step_fn: object  # jitted step(state, rest, batch) -> (state, metrics)
+    stored: "StoredLayout | None" = None  # set when the model runs padded layer buckets
+
+    def for_checkpoint(self, params, opt_state):
+        """(params, opt_state) in the layout checkpoints hold: unpadded layers (identity unless bucketed)."""
+        return (params, opt_state) if self.stored is None else self.stored.to_stored(params, opt_state)
+
+    def from_checkpoint(self, params, opt_state):
+        """The inverse of `for_checkpoint`: restored trees -> the layout the step runs."""
+        return (params, opt_state) if self.stored is None else self.stored.to_bucketed(params, opt_state)
+
+    def checkpoint_abstract(self) -> tuple[dict, object]:
+        """(params + frozen, opt_state) as sharded ShapeDtypeStructs in the checkpoint layout: restore targets."""
+        from jaxlm.training.state import merge_trees
+
+        if self.stored is not None:
+            return self.stored.params_abs, self.stored.opt_abs
+        return (with_shardings(merge_trees(self.params_abs, self.rest_abs), merge_trees(self.p_shard, self.r_shard)),
+                with_shardings(self.opt_abs, self.o_shard))
 
     @property
     def state_shard(self) -> dict:
@@ -51,6 +69,34 @@ class TrainProgram:
         return state, with_shardings(self.rest_abs, self.r_shard), self.abstract_batch(batch_size, seq_len)
 
 
+@dataclasses.dataclass
+class StoredLayout:
+    """A bucketed model's checkpoint layout (jaxlm.model.buckets): the train state is padded, checkpoints
+    are not. Converting costs one copy of the state on the devices, for the moment of a save or restore."""
+
+    params_abs: dict  # sharded ShapeDtypeStructs, unpadded
+    opt_abs: object
+    to_stored: object  # jitted (params, opt_state) -> unpadded
+    to_bucketed: object  # jitted, the inverse
+
+
+def stored_layout(run_cfg, mesh: Mesh, p_shard, o_shard) -> StoredLayout:
+    from jaxlm.model import bucketed_tree, stored_tree
+
+    cfg = run_cfg.model
+    stored_cfg = dataclasses.replace(run_cfg, model=cfg.stored())
+    split, params_abs, rest_abs = split_model(abstract_base_model(stored_cfg), stored_cfg)
+    assert not rest_abs, "layer buckets are only used without quantization or LoRA (RunConfig)"
+    axes = logical_axes(split.trainable)
+    sp_shard = param_shardings(axes, params_abs, mesh)
+    tx, _ = make_optimizer(run_cfg.train, axes)
+    so_shard = opt_state_shardings(tx, params_abs, sp_shard, mesh)
+    to_stored = jax.jit(lambda p, o: (stored_tree(cfg, p), stored_tree(cfg, o)), out_shardings=(sp_shard, so_shard))
+    to_bucketed = jax.jit(lambda p, o: (bucketed_tree(cfg, p), bucketed_tree(cfg, o)), out_shardings=(p_shard, o_shard))
+    return StoredLayout(with_shardings(params_abs, sp_shard), with_shardings(jax.eval_shape(tx.init, params_abs), so_shard),
+                        to_stored, to_bucketed)
+
+
 def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     """Everything the train step needs, from run_cfg's model/quant/lora/train sections, on `mesh`."""
     tc = run_cfg.train
@@ -63,8 +109,9 @@ def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
     step = make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss, loss_chunk=tc.loss_chunk)
     step_fn = jit_train_step(step, mesh, {"params": p_shard, "opt_state": o_shard}, r_shard)
+    stored = stored_layout(run_cfg, mesh, p_shard, o_shard) if run_cfg.model.bucketed else None
     return TrainProgram(mesh, split, params_abs, rest_abs, jax.eval_shape(tx.init, params_abs), p_shard, r_shard,
-                        o_shard, tx, schedule, step_fn)
+                        o_shard, tx, schedule, step_fn, stored)
 
 
 def check_batch(tc, mesh: Mesh, process_count: int, max_context: int) -> None:

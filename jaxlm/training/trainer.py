@@ -29,7 +29,7 @@ from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.training import run_dir as rd
 from jaxlm.training.checkpointing import CorruptCheckpoint, RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
-from jaxlm.training.program import build_train_program, check_batch, with_shardings
+from jaxlm.training.program import build_train_program, check_batch
 from jaxlm.training.state import drop_like, lora_enabled, merge_trees, prepare_model, split_model, take_like
 from jaxlm.training.step import BATCH_KEYS
 
@@ -39,7 +39,8 @@ class TrainResult:
     run_dir: Path
     step: int  # optimizer updates done
     losses: dict[int, float]  # step -> loss, for the steps logged by this process
-    params: dict  # final trainable params (global jax arrays)
+    params: dict  # final trainable params (global jax arrays), in the layout the step ran (padded layer
+    # buckets when model.bucketed; jaxlm.model.stored_tree gives the unpadded layers)
     opt_state: object  # final optimizer state
     stopped: str = "finished"  # finished | preempted
 
@@ -70,7 +71,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
 
     # Model, shardings and the jitted step (abstract first: nothing is allocated before the checks pass).
     program = build_train_program(run_cfg, mesh)
-    params_abs, rest_abs, opt_abs = program.params_abs, program.rest_abs, program.opt_abs
+    params_abs = program.params_abs
     p_shard, r_shard, o_shard, tx = program.p_shard, program.r_shard, program.o_shard, program.tx
 
     # Data (an empty corpus fails here, before any write).
@@ -105,9 +106,9 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
 
     notes: list[str] = []
     if resume_step is not None:
-        full_abs = with_shardings(merge_trees(params_abs, rest_abs), merge_trees(p_shard, r_shard))
-        ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done, full_abs,
-                                                        with_shardings(opt_abs, o_shard), notes)
+        ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done,
+                                                        *program.checkpoint_abstract(), notes)
+        full, opt_state = program.from_checkpoint(full, opt_state)
         first = None  # the restored data state continues after the batch read for the check
         params, rest = take_like(full, params_abs), drop_like(full, params_abs)
         if len(meta["data_state"]) == pc:
@@ -174,12 +175,12 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
                 first_log = False
                 pending.clear()
                 if save_now:
-                    _save(ckpt, step, state, rest, data_state, rng, losses[step])
+                    _save(ckpt, program, step, state, rest, data_state, rng, losses[step])
                     last_saved = step
                 window_start, window_steps = time.perf_counter(), 0
         if stopped == "preempted" and last_saved != step:
             _check_finite(pending, losses, ckpt, logger, last_saved)
-            _save(ckpt, step, state, rest, data_state, rng, losses.get(step, float("inf")))
+            _save(ckpt, program, step, state, rest, data_state, rng, losses.get(step, float("inf")))
             logger.message(f"stopped at step {step} (SIGTERM or stop_after); checkpoint saved; rerun the same "
                            f"command to resume")
         ckpt.close()
@@ -243,11 +244,12 @@ def _check_finite(pending, losses, ckpt, logger, last_saved) -> list[dict]:
     return fetched
 
 
-def _save(ckpt: RunCheckpoints, step, state, rest, data_state, rng, loss) -> None:
-    """The params item holds every nnx.Param (trainable + frozen), the same tree as a model dir's params/."""
+def _save(ckpt: RunCheckpoints, program, step, state, rest, data_state, rng, loss) -> None:
+    """The params item holds every nnx.Param (trainable + frozen), the same tree as a model dir's params/,
+    in the stored (unpadded) layout."""
     meta = {"step": step, "rng": [int(x) for x in np.asarray(rng)], "loss": loss,
             "data_state": distributed.allgather_json(data_state)}
-    ckpt.save(step, merge_trees(state["params"], rest), state["opt_state"], meta, loss)
+    ckpt.save(step, *program.for_checkpoint(merge_trees(state["params"], rest), state["opt_state"]), meta, loss)
 
 
 def _initial_params(run_cfg, p_shard, r_shard):
@@ -256,7 +258,10 @@ def _initial_params(run_cfg, p_shard, r_shard):
     if run_cfg.train.init_from:
         from jaxlm.checkpoint import load_model
 
+        from jaxlm.model import to_bucketed
+
         _, model = load_model(run_cfg.train.init_from, model_config=run_cfg.model)  # base weights only
+        model = to_bucketed(model, run_cfg.model)  # no-op unless layer buckets are on (never with LoRA)
         _, params, rest = split_model(prepare_model(run_cfg, model), run_cfg)
         return _place(params, p_shard), _place(rest, r_shard)
 
