@@ -76,7 +76,7 @@ def output_path(out: str | Path, *, overwrite: bool = False, inputs: Iterable[st
         yield tmp
         _publish(tmp, out)
     except BaseException as e:
-        _remove(tmp)
+        _remove(tmp, settle=0.5)
         for d in created:  # folders made for this output, innermost first
             with contextlib.suppress(OSError):
                 d.rmdir()
@@ -142,12 +142,20 @@ def _missing_parents(out: Path) -> list[Path]:
     return missing
 
 
-def _remove(p: Path) -> None:
+def _remove(p: Path, settle: float = 0.0) -> None:
+    """Remove a file or folder. settle: after a failure, a library's writer threads (Orbax, tensorstore)
+    may still be finishing files in the folder, or recreate it: keep removing until it stayed gone for
+    that many seconds."""
     if p.is_dir() and not p.is_symlink():
-        for _ in range(20):  # a library's writer threads may still be finishing files in it after a failure
+        gone_since = None
+        for _ in range(60):  # at most 3 s
             shutil.rmtree(p, ignore_errors=True)
-            if not p.exists():
-                break
+            if p.exists():
+                gone_since = None
+            else:
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since >= settle:
+                    break
             time.sleep(0.05)
     elif p.exists() or p.is_symlink():
         with contextlib.suppress(OSError):

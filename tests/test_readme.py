@@ -3,17 +3,22 @@ tiny default run, so the README cannot show a command that fails.
 
 Placeholders a reader fills in are filled here: CONFIG -> default, the Llama folder -> the
 to-hf output made by the command before it, runs/my_lora -> a LoRA model dir made from the run.
+Each command's own exit status and error output are checked; the other tests run the CLI one
+process per command (cli_helpers.jaxlm), as a user's shell does.
 Training commands get a few --set overrides (2 layers, 2 steps) so the run takes seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
-from cli_helpers import REPO, jaxlm
+from cli_helpers import REPO, cli_env
 
 FAST_TRAIN = ["--set", "train.steps=2", "--set", "model.num_layers=2", "--set", "train.batch_size=2",
               "--set", "train.seq_len=32", "--set", "train.sample_tokens=8", "--set", "checkpoint.every=1"]
@@ -47,30 +52,24 @@ def test_readme_parser_finds_the_commands():
             "lora"} <= names
 
 
-def _make_lora(run: Path, out: Path) -> None:
-    import dataclasses
-
-    from jaxlm.checkpoint import load_model, save_model
-    from jaxlm.lora.config import LoraConfig
-    from jaxlm.quant.checkpoint import tokenizer_files
-    from jaxlm.training.state import prepare_model
-
-    run_cfg, model = load_model(run)
-    cfg = dataclasses.replace(run_cfg, lora=LoraConfig(enabled=True, rank=4))
-    save_model(out, cfg, prepare_model(cfg, model), extra_files=tokenizer_files(run))
-
-
 def test_every_readme_command_runs(tmp_path):
-    commands = readme_commands((REPO / "README.md").read_text())
-    for argv in commands:
+    """All commands run in ONE process (readme_runner.py), in order, as `jaxlm.cli.main.main(argv)`:
+    the CLI's own code path, without paying Python's and JAX's start-up once per command."""
+    commands = []
+    for argv in readme_commands((REPO / "README.md").read_text()):
         argv = [PLACEHOLDERS.get(a, a) for a in argv]
         if argv[0] in NEEDS_LIBTPU and importlib.util.find_spec("libtpu") is None:
             continue  # compiles for a TPU target: needs libtpu
         if argv[0] == "train":
             argv = argv + FAST_TRAIN
+        lora = None
         if argv[:2] == ["lora", "merge"]:
-            _make_lora(tmp_path / "runs" / "default", tmp_path / argv[argv.index("--ckpt") + 1])
-        stdin = "ROMEO:\n" if "--interactive" in argv else None
-        r = jaxlm(*argv, cwd=tmp_path, stdin=stdin, timeout=600)
-        assert r.returncode == 0 and "Traceback" not in r.stderr, \
-            f"README command `jaxlm {shlex.join(argv)}` failed ({r.returncode}):\n{r.stderr[-3000:]}"
+            lora = [str(tmp_path / "runs" / "default"), str(tmp_path / argv[argv.index("--ckpt") + 1])]
+        commands.append({"argv": argv, "stdin": "ROMEO:\n" if "--interactive" in argv else None, "make_lora": lora})
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("readme_runner.py"))], cwd=tmp_path,
+                       input=json.dumps(commands), capture_output=True, text=True, timeout=900, env=cli_env())
+    done = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    for cmd in done:
+        assert cmd["rc"] == 0 and "Traceback" not in cmd["stderr"], \
+            f"README command `jaxlm {shlex.join(cmd['argv'])}` failed ({cmd['rc']}):\n{cmd['stderr']}"
+    assert r.returncode == 0 and len(done) == len(commands), r.stderr[-3000:]

@@ -111,7 +111,8 @@ def abstract_quantized(model_cfg, qcfg: QuantConfig):
     """The quantized model's structure with ShapeDtypeStruct leaves (to restore a checkpoint into)."""
     from jaxlm.model import abstract_model
 
-    return quantize_model(abstract_model(model_cfg), qcfg)  # QuantizedWeight.from_array: shapes by arithmetic
+    # the stored layout (no layer buckets): scales are per real layer; from_array: shapes by arithmetic
+    return quantize_model(abstract_model(model_cfg.stored()), qcfg)
 
 
 def storage_report(model) -> dict:
