@@ -49,7 +49,7 @@ def main() -> None:
     mesh = make_mesh(1, n, 1)
     from jaxlm.model import abstract_model
 
-    split, params_abs, _ = split_model(abstract_model(run_cfg.model), run_cfg)
+    split, params_abs, _ = split_model(abstract_model(run_cfg.model), run_cfg.lora)
     axes = logical_axes(split.trainable)
     p_shard = param_shardings(axes, params_abs, mesh)
     params, rest = _initial_params(run_cfg, p_shard, {})

@@ -26,7 +26,7 @@ def jax_runner(run_cfg, batch: int, seq: int):
     from jaxlm.training.step import jit_train_step, make_train_step
 
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
-    split, params, rest = split_model(build_model(run_cfg.model, seed=0), run_cfg)
+    split, params, rest = split_model(build_model(run_cfg.model, seed=0), run_cfg.lora)
     axes = logical_axes(split.trainable)
     p_shard = param_shardings(axes, params, mesh)
     tx, _ = make_optimizer(run_cfg.train, axes)

@@ -43,11 +43,11 @@ def _lora_dir(run: Path, out: Path) -> None:
     from jaxlm.checkpoint import load_model, save_model
     from jaxlm.lora.config import LoraConfig
     from jaxlm.quant.checkpoint import tokenizer_files
-    from jaxlm.training.state import prepare_model
+    from jaxlm.variants import model_for
 
     run_cfg, model = load_model(run)
     cfg = dataclasses.replace(run_cfg, lora=LoraConfig(enabled=True, rank=4))
-    save_model(out, cfg, prepare_model(cfg, model), extra_files=tokenizer_files(run))
+    save_model(out, cfg, model_for(cfg.model, cfg.quant, cfg.lora, base=model), extra_files=tokenizer_files(run))
 
 
 # -- preparations: each makes the bad input under TMP (copies, never the shared inputs) ---------

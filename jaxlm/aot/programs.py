@@ -11,9 +11,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxlm.inference import engine
 from jaxlm.inference.sampling import SamplingParams
 from jaxlm.parallel import param_shardings, rules, use_mesh
-from jaxlm.quant import abstract_base_model
+from jaxlm.lora.config import LoraConfig
 from jaxlm.training.program import build_train_program, check_batch, with_shardings
 from jaxlm.training.state import logical_axes
+from jaxlm.variants import model_for
 
 
 def train_program(run_cfg, mesh: Mesh):
@@ -34,7 +35,7 @@ def decode_programs(run_cfg, mesh: Mesh, batch_size: int, prompt_len: int, new_t
     out_len = engine.round_up(new_tokens, engine.BUCKET)
     width = engine.round_up(prompt_len, engine.BUCKET)
     cache_len = min(cfg.max_context, width + out_len)
-    graphdef, state = nnx.split(abstract_base_model(run_cfg))
+    graphdef, state = nnx.split(model_for(cfg, run_cfg.quant, LoraConfig(), abstract=True))  # decode: no adapters
     pure = state.to_pure_dict()
     state.replace_by_pure_dict(with_shardings(pure, param_shardings(logical_axes(state), pure, mesh)))
     rows = _rows_sharding(mesh, batch_size)

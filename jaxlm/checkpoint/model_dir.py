@@ -82,21 +82,16 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
     import orbax.checkpoint as ocp
 
     from jaxlm.checkpoint.locate import locate
-    from jaxlm.model import abstract_model
+    from jaxlm.lora.config import LoraConfig
     from jaxlm.training.checkpointing import check_param_shapes, corrupt, saved_param_shapes
-    from jaxlm.training.state import prepare_model
+    from jaxlm.variants import model_for
 
     config_dir, params_dir = locate(path)
     run_cfg = run_cfg or read_config(config_dir)
-    quant = getattr(run_cfg, "quant", None)
-    if quant is not None and quant.enabled:  # a quantized model dir (jaxlm quantize): codes and scales
-        from jaxlm.quant import abstract_quantized
-
-        model = abstract_quantized((model_config or run_cfg.model).stored(), quant)
-    else:
-        model = abstract_model((model_config or run_cfg.model).stored())
-    if model_config is None:
-        model = prepare_model(run_cfg, model)  # a LoRA run's checkpoint holds the adapters too
+    # The structure the saved leaves restore into: a quantized dir (jaxlm quantize) holds codes and scales,
+    # a LoRA run's checkpoint holds the adapters too.
+    lora = run_cfg.lora if model_config is None else LoraConfig()
+    model = model_for((model_config or run_cfg.model).stored(), run_cfg.quant, lora, abstract=True)
     graphdef, abstract_state = nnx.split(model)
     target = nnx.state(model, nnx.Param).to_pure_dict()
     with quiet_absl():

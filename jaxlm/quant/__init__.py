@@ -16,17 +16,4 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(f"jaxlm.quant.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'jaxlm.quant' has no attribute {name!r}")
 
-__all__ = ["QuantConfig", "QuantizedWeight", "Scheme", "abstract_quantized", "quantize_model", "storage_report",
-           "abstract_base_model"]
-
-
-def abstract_base_model(run_cfg):
-    """The model structure (ShapeDtypeStruct leaves) of `run_cfg` before any LoRA: quantized when its
-    `quant:` section is enabled. What a trainer or loader should restore into."""
-    from jaxlm.model import abstract_model
-    from jaxlm.quant.model import abstract_quantized
-
-    quant = getattr(run_cfg, "quant", None)
-    if quant is not None and quant.enabled:
-        return abstract_quantized(run_cfg.model, quant)
-    return abstract_model(run_cfg.model)
+__all__ = ["QuantConfig", "QuantizedWeight", "Scheme", "abstract_quantized", "quantize_model", "storage_report"]

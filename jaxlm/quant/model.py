@@ -41,6 +41,12 @@ def linear_scheme(qcfg: QuantConfig) -> Scheme:
     return Scheme(qcfg.bits, qcfg.group_size, qcfg.symmetric)
 
 
+def is_quantized(model) -> bool:
+    """Whether any weight of the model is a QuantizedWeight."""
+    return any(isinstance(getattr(p, a), QuantizedWeight) for _, _, p, a, _ in block_weights(model)) or \
+        isinstance(model.embed, QuantizedWeight)
+
+
 def quantize_model(model, qcfg: QuantConfig,
                    quantize_fn: Callable[[int, str, jax.Array, Scheme, tuple[int, int]], QuantizedWeight] | None = None):
     """Replace the model's weights by QuantizedWeight modules (in place) and return the model.
@@ -50,8 +56,7 @@ def quantize_model(model, qcfg: QuantConfig,
     """
     if model.cfg.bucketed:  # a programming error: the weights are per padded bucket, not per layer
         raise JaxlmError("quantize a model in its stored layout: pass jaxlm.model.to_stored(model)")
-    if any(isinstance(getattr(p, a), QuantizedWeight) for _, _, p, a, _ in block_weights(model)) or \
-            isinstance(model.embed, QuantizedWeight):
+    if is_quantized(model):
         raise JaxlmError("the model is already quantized; quantize the original (16/32-bit) checkpoint instead")
     check_scheme(model, qcfg)  # before changing anything, so a bad group size leaves the model intact
     if qcfg.bits < 16:

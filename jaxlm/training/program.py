@@ -15,10 +15,10 @@ from jax.sharding import Mesh
 
 from jaxlm.errors import ConfigError
 from jaxlm.parallel import param_shardings, rules
-from jaxlm.quant import abstract_base_model
 from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
-from jaxlm.training.state import SplitModel, logical_axes, prepare_model, split_model
+from jaxlm.training.state import SplitModel, logical_axes, split_model
 from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
+from jaxlm.variants import model_for
 
 
 @dataclasses.dataclass
@@ -84,8 +84,8 @@ def stored_layout(run_cfg, mesh: Mesh, p_shard, o_shard) -> StoredLayout:
     from jaxlm.model import bucketed_tree, stored_tree
 
     cfg = run_cfg.model
-    stored_cfg = dataclasses.replace(run_cfg, model=cfg.stored())
-    split, params_abs, rest_abs = split_model(abstract_base_model(stored_cfg), stored_cfg)
+    model_abs = model_for(cfg.stored(), run_cfg.quant, run_cfg.lora, abstract=True)
+    split, params_abs, rest_abs = split_model(model_abs, run_cfg.lora)
     assert not rest_abs, "layer buckets are only used without quantization or LoRA (RunConfig)"
     axes = logical_axes(split.trainable)
     sp_shard = param_shardings(axes, params_abs, mesh)
@@ -100,8 +100,8 @@ def stored_layout(run_cfg, mesh: Mesh, p_shard, o_shard) -> StoredLayout:
 def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     """Everything the train step needs, from run_cfg's model/quant/lora/train sections, on `mesh`."""
     tc = run_cfg.train
-    model_abs = prepare_model(run_cfg, abstract_base_model(run_cfg))  # quantized base when quant is on
-    split, params_abs, rest_abs = split_model(model_abs, run_cfg)
+    model_abs = model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, abstract=True)
+    split, params_abs, rest_abs = split_model(model_abs, run_cfg.lora)
     axes = logical_axes(split.trainable)
     p_shard = param_shardings(axes, params_abs, mesh)
     r_shard = param_shardings(logical_axes(split.rest), rest_abs, mesh)

@@ -1,7 +1,6 @@
 """The model as pure trees for the jitted step: trainable params, frozen rest, logical axes.
 
-Which variables train is decided in ONE place, `trainable_filter`: nnx.LoRAParam when the run's
-`lora` section is enabled (the base stays frozen), otherwise every nnx.Param.
+Which variables train is decided in ONE place, `jaxlm.variants.trainable_filter`.
 """
 
 from __future__ import annotations
@@ -12,24 +11,7 @@ import jax
 from flax import nnx
 from flax.nnx import traversals
 
-
-def lora_enabled(run_cfg) -> bool:
-    lora = getattr(run_cfg, "lora", None)
-    return bool(lora is not None and getattr(lora, "enabled", False))
-
-
-def trainable_filter(run_cfg):
-    """The nnx filter of the variables the optimizer updates."""
-    return nnx.LoRAParam if lora_enabled(run_cfg) else nnx.Param
-
-
-def prepare_model(run_cfg, model: nnx.Module) -> nnx.Module:
-    """Apply LoRA adapters when the run asks for them (after building or loading the base model)."""
-    if lora_enabled(run_cfg):
-        from jaxlm.lora import apply_lora
-
-        model = apply_lora(model, run_cfg.lora) or model
-    return model
+from jaxlm.variants import trainable_filter
 
 
 @dataclasses.dataclass
@@ -44,9 +26,9 @@ class SplitModel:
         return nnx.merge(self.graphdef, _fill(self.trainable, params), _fill(self.rest, rest))
 
 
-def split_model(model: nnx.Module, run_cfg) -> tuple[SplitModel, dict, dict]:
-    """model -> (SplitModel, trainable pure dict, rest pure dict)."""
-    graphdef, trainable, rest = nnx.split(model, trainable_filter(run_cfg), ...)
+def split_model(model: nnx.Module, lora) -> tuple[SplitModel, dict, dict]:
+    """model -> (SplitModel, trainable pure dict, rest pure dict); `lora`: the run's LoraConfig."""
+    graphdef, trainable, rest = nnx.split(model, trainable_filter(lora), ...)
     return SplitModel(graphdef, trainable, rest), trainable.to_pure_dict(), rest.to_pure_dict()
 
 

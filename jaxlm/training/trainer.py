@@ -23,14 +23,14 @@ import numpy as np
 
 from jaxlm.checkpoint.locate import finished_steps
 from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
-from jaxlm.model import build_model, flops
-from jaxlm.quant import quantize_model
+from jaxlm.model import flops
 from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.training import run_dir as rd
 from jaxlm.training.checkpointing import CorruptCheckpoint, RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
-from jaxlm.training.state import drop_like, lora_enabled, merge_trees, prepare_model, split_model, take_like
+from jaxlm.training.state import drop_like, merge_trees, split_model, take_like
+from jaxlm.variants import model_for
 from jaxlm.training.step import BATCH_KEYS
 
 
@@ -53,7 +53,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
     devices: the devices of the mesh (default: all of them).
     """
     tc, mc = run_cfg.train, run_cfg.mesh
-    if run_cfg.quant.enabled and not lora_enabled(run_cfg):
+    if run_cfg.quant.enabled and not run_cfg.lora.enabled:
         raise ConfigError(f"quant.bits={run_cfg.quant.bits} / quant.embed_bits={run_cfg.quant.embed_bits}: a quantized "
                           f"base is frozen, so only LoRA adapters can train on it; add --set lora.enabled=true, or "
                           f"train in 16 bits and run `jaxlm quantize` afterwards")
@@ -258,18 +258,14 @@ def _initial_params(run_cfg, p_shard, r_shard):
     if run_cfg.train.init_from:
         from jaxlm.checkpoint import load_model
 
-        from jaxlm.model import to_bucketed
-
-        _, model = load_model(run_cfg.train.init_from, model_config=run_cfg.model)  # base weights only
-        model = to_bucketed(model, run_cfg.model)  # no-op unless layer buckets are on (never with LoRA)
-        _, params, rest = split_model(prepare_model(run_cfg, model), run_cfg)
+        _, base = load_model(run_cfg.train.init_from, model_config=run_cfg.model)  # base weights only
+        model = model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, base=base)
+        _, params, rest = split_model(model, run_cfg.lora)
         return _place(params, p_shard), _place(rest, r_shard)
 
-    def init():
-        model = build_model(run_cfg.model, seed=run_cfg.seed)
-        if run_cfg.quant.enabled:  # e.g. LoRA on a quantized base trained from scratch (a study setting)
-            model = quantize_model(model, run_cfg.quant)
-        _, params, rest = split_model(prepare_model(run_cfg, model), run_cfg)
+    def init():  # quant + LoRA from scratch: LoRA on a quantized random base (a study setting)
+        model = model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, seed=run_cfg.seed)
+        _, params, rest = split_model(model, run_cfg.lora)
         return params, rest
 
     return jax.jit(init, out_shardings=(p_shard, r_shard))()

@@ -1,0 +1,47 @@
+"""The model a run describes: the architecture of its `model:` section, quantized when its `quant:`
+section is enabled, with LoRA adapters when its `lora:` section is, and which variables train.
+
+Every place that builds a run's model calls `model_for`: the trainer (a fresh init, or the weights
+of train.init_from), the train program and `jaxlm compile` (abstract shapes), and `load_model` (the
+structure a checkpoint restores into). It sits above jaxlm.model, jaxlm.quant and jaxlm.lora and
+below checkpoint, training and inference.
+
+Layer buckets (model.scan_pad_budget) are for plain models only: quantization scales and LoRA
+adapters belong to the stored (unpadded) layers, so a quantized or adapted model keeps that layout.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from jaxlm.lora.config import LoraConfig
+from jaxlm.model.config import ModelConfig
+from jaxlm.quant.config import QuantConfig
+
+
+def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, abstract: bool = False,
+              seed: int = 0, base=None):
+    """The run's model: `base` (a loaded model), or else a fresh init from `seed` (ShapeDtypeStruct
+    leaves when `abstract`), quantized when `quant.enabled` and not quantized yet, then wrapped with
+    adapters when `lora.enabled`. A plain model gets model_cfg's layer buckets."""
+    from jaxlm.lora.adapters import apply_lora
+    from jaxlm.model import abstract_model, build_model, to_bucketed, to_stored
+    from jaxlm.quant.model import is_quantized, quantize_model
+
+    plain = not (quant.enabled or lora.enabled)
+    cfg = model_cfg if plain else model_cfg.stored()
+    if base is None:
+        model = abstract_model(cfg) if abstract else build_model(cfg, seed=seed)
+    else:
+        model = to_bucketed(to_stored(base), cfg) if plain else to_stored(base)
+    if quant.enabled and not is_quantized(model):
+        model = quantize_model(model, quant)
+    if lora.enabled:
+        model = apply_lora(model, lora)
+    return model
+
+
+def trainable_filter(lora: LoraConfig):
+    """The nnx filter of the variables the optimizer updates: the adapters under LoRA (the base stays
+    frozen), otherwise every nnx.Param."""
+    return nnx.LoRAParam if lora.enabled else nnx.Param
