@@ -19,52 +19,23 @@ def register(sub) -> None:
     e.set_defaults(func=run_export)
 
 
-def _load_lora(path):
-    from jaxlm.checkpoint import load_model
-    from jaxlm.errors import JaxlmError
-    from jaxlm.lora.adapters import has_lora
-
-    run_cfg, model = load_model(path)
-    if not has_lora(model):
-        raise JaxlmError(f"{path} has no LoRA adapters (its config has no enabled `lora:` section)")
-    return run_cfg, model
-
-
 def run_merge(args) -> int:
-    import dataclasses
-    from pathlib import Path
+    from jaxlm.lora.merged import write_merged
 
-    from jaxlm.checkpoint import save_model
-    from jaxlm.checkpoint.locate import locate
-    from jaxlm.lora.adapters import merge_lora
-    from jaxlm.lora.config import LoraConfig
-    from jaxlm.quant.checkpoint import tokenizer_files
-    from jaxlm.quant.config import QuantConfig
-    from jaxlm.quant.model import dequantize_model
-
-    from jaxlm.outputs import check_output
-
-    check_output(args.out, overwrite=args.overwrite, inputs=[args.ckpt, locate(args.ckpt)[0]])  # before loading
-    run_cfg, model = _load_lora(args.ckpt)
-    merge_lora(model)
-    dequantize_model(model)  # a merged quantized base becomes a plain float model
-    new_cfg = dataclasses.replace(run_cfg, lora=LoraConfig(), quant=QuantConfig())
-    config_dir = locate(args.ckpt)[0]
-    out = save_model(args.out, new_cfg, model, extra_files=tokenizer_files(config_dir), overwrite=args.overwrite,
-                     inputs=[args.ckpt, config_dir])
-    print(f"wrote merged model {Path(out)}")
+    out = write_merged(args.ckpt, args.out, overwrite=args.overwrite)
+    print(f"wrote merged model {out}")
     return 0
 
 
 def run_export(args) -> int:
-    from jaxlm.lora.peft import export_peft
-
     from jaxlm.checkpoint.locate import locate
+    from jaxlm.lora.merged import load_lora_model
+    from jaxlm.lora.peft import export_peft
     from jaxlm.outputs import check_output
 
     inputs = [args.ckpt, locate(args.ckpt)[0]]
     check_output(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
-    run_cfg, model = _load_lora(args.ckpt)
+    run_cfg, model = load_lora_model(args.ckpt)
     out = export_peft(model, run_cfg.lora, args.out, base_model=args.base_model, overwrite=args.overwrite,
                       inputs=inputs)
     print(f"wrote PEFT adapter {out}")
