@@ -19,16 +19,14 @@ from flax import nnx
 from jaxlm import ops
 from jaxlm.errors import JaxlmError
 from jaxlm.lora.config import TARGETS, LoraConfig
-from jaxlm.quant.model import BLOCK_WEIGHTS
+from jaxlm.model.layout import BLOCK_WEIGHTS, Weight
 from jaxlm.quant.qweight import QuantizedWeight
 
-# Logical axes of each target weight (as in jaxlm.model.transformer), used for the adapters and after a merge.
-AXES = {
-    "qkv": (("embed",), ("kv_heads", None, "head_dim")),
-    "out": (("kv_heads", None, "head_dim"), ("embed",)),
-    "w_in": (("embed",), (None, "mlp")),
-    "w_out": (("mlp",), ("embed",)),
-}
+
+def target_weight(target: str) -> Weight:
+    """The model's layout entry of a LoRA target ("qkv" -> attn.qkv): its dims and logical axes, which
+    the adapters' shapes and shardings (and a merged weight's axes) follow."""
+    return BLOCK_WEIGHTS[".".join(TARGETS[target])]
 
 
 class LoraWeight(nnx.Module):
@@ -41,7 +39,7 @@ class LoraWeight(nnx.Module):
 
     @property
     def n_in(self) -> int:
-        return BLOCK_WEIGHTS[TARGETS[self.target]][0]
+        return target_weight(self.target).dims[0]
 
     def __getitem__(self, key):
         return self if key is Ellipsis else self.merged()[key]
@@ -98,11 +96,11 @@ def apply_lora(model, cfg: LoraConfig):
         if isinstance(w, LoraWeight):
             raise JaxlmError("LoRA adapters are already applied to this model; merge them first "
                              "(`jaxlm lora merge`) or train the existing ones")
-        n_in, n_out = BLOCK_WEIGHTS[(TARGETS[target])]
+        n_in, n_out = target_weight(target).dims
         shape, dtype = tuple(w.shape), jnp.dtype(w.dtype)
         lead = shape[: len(shape) - n_in - n_out]
         in_shape, out_shape = shape[len(lead):len(lead) + n_in], shape[len(lead) + n_in:]
-        in_axes, out_axes = AXES[target]
+        in_axes, out_axes = target_weight(target).in_axes, target_weight(target).out_axes
         lead_axes = ("layers",) * len(lead)
         a_shape, b_shape = lead + in_shape + (cfg.rank,), lead + (cfg.rank,) + out_shape
         key, sub = jax.random.split(key)
@@ -128,8 +126,7 @@ def merge_lora(model):
         w = getattr(parent, attr)
         if isinstance(w, LoraWeight):
             lead = ("layers",) * (w.lora_a.ndim - w.n_in - 1)
-            in_axes, out_axes = AXES[target]
-            setattr(parent, attr, nnx.Param(w.merged(), axes=lead + in_axes + out_axes))
+            setattr(parent, attr, nnx.Param(w.merged(), axes=lead + target_weight(target).axes))
     return model
 
 

@@ -24,6 +24,7 @@ from flax import nnx
 from jaxlm import ops
 from jaxlm.model import kv_cache
 from jaxlm.model.config import LayerSpec, ModelConfig
+from jaxlm.model.layout import BLOCK_WEIGHTS, EMBED_AXES, LM_HEAD_AXES, NORM_AXES
 from jaxlm.model.rope import apply_rope, rope_tables
 from jaxlm.parallel.rules import constrain
 
@@ -50,9 +51,9 @@ class Attention(nnx.Module):
         self.head_dim = head_dim
         lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
         self.qkv = _param(rngs, lead + (model_dim, num_kv_heads, self.num_groups + 2, head_dim), model_dim ** -0.5,
-                          lead_axes + ("embed", "kv_heads", None, "head_dim"), param_dtype)
+                          lead_axes + BLOCK_WEIGHTS["attn.qkv"].axes, param_dtype)
         self.out = _param(rngs, lead + (num_kv_heads, self.num_groups, head_dim, model_dim), out_std,
-                          lead_axes + ("kv_heads", None, "head_dim", "embed"), param_dtype)
+                          lead_axes + BLOCK_WEIGHTS["attn.out"].axes, param_dtype)
         self.q_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
         self.k_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
 
@@ -88,8 +89,9 @@ class FeedForward(nnx.Module):
         lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
         self.activation = activation
         self.w_in = _param(rngs, lead + (model_dim, 2, ffn_dim), model_dim ** -0.5,
-                           lead_axes + ("embed", None, "mlp"), param_dtype)
-        self.w_out = _param(rngs, lead + (ffn_dim, model_dim), out_std, lead_axes + ("mlp", "embed"), param_dtype)
+                           lead_axes + BLOCK_WEIGHTS["ffn.w_in"].axes, param_dtype)
+        self.w_out = _param(rngs, lead + (ffn_dim, model_dim), out_std, lead_axes + BLOCK_WEIGHTS["ffn.w_out"].axes,
+                            param_dtype)
 
     def __call__(self, x):
         h = ops.dense("btd,dcf->btcf", x, self.w_in[...])  # (B, T, 2, F)
@@ -107,10 +109,10 @@ class Block(nnx.Module):
         dt = jnp.dtype(cfg.param_dtype)
         out_std = cfg.model_dim ** -0.5 * (2 * cfg.num_layers) ** -0.5
         lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
-        self.attn_norm = _ones(lead + (cfg.model_dim,), lead_axes + ("norm",), dt)
+        self.attn_norm = _ones(lead + (cfg.model_dim,), lead_axes + NORM_AXES, dt)
         self.attn = Attention(stack, cfg.model_dim, cfg.head_dim, spec.num_query_heads, spec.num_kv_heads,
                               cfg.qk_norm, out_std, dt, rngs=rngs)
-        self.ffn_norm = _ones(lead + (cfg.model_dim,), lead_axes + ("norm",), dt)
+        self.ffn_norm = _ones(lead + (cfg.model_dim,), lead_axes + NORM_AXES, dt)
         self.ffn = FeedForward(stack, cfg.model_dim, spec.ffn_dim, cfg.activation, out_std, dt, rngs=rngs)
 
     def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl,
@@ -129,11 +131,11 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dt = jnp.dtype(cfg.param_dtype)
-        self.embed = _param(rngs, (cfg.vocab_size, cfg.model_dim), cfg.model_dim ** -0.5, ("vocab", "embed"), dt)
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.model_dim), cfg.model_dim ** -0.5, EMBED_AXES, dt)
         self.groups = nnx.List([Block(count, cfg, spec, rngs=rngs) for spec, count in cfg.layer_groups])
-        self.final_norm = _ones((cfg.model_dim,), ("norm",), dt)
+        self.final_norm = _ones((cfg.model_dim,), NORM_AXES, dt)
         self.lm_head = None if cfg.tie_embeddings else _param(
-            rngs, (cfg.model_dim, cfg.vocab_size), cfg.model_dim ** -0.5, ("embed", "vocab"), dt)
+            rngs, (cfg.model_dim, cfg.vocab_size), cfg.model_dim ** -0.5, LM_HEAD_AXES, dt)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None, cache: list | None = None):

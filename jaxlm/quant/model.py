@@ -16,25 +16,18 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.errors import JaxlmError
+from jaxlm.model.layout import BLOCK_WEIGHTS, EMBED_AXES, LM_HEAD_AXES
 from jaxlm.quant.config import QuantConfig
 from jaxlm.quant import formats
 from jaxlm.quant.formats import Scheme
 from jaxlm.quant.qweight import QuantizedWeight
 
-# weight attribute path in a Block -> (number of input dims, number of output dims), after the layer axis
-BLOCK_WEIGHTS = {
-    ("attn", "qkv"): (1, 3),  # (D, Hkv, G + 2, hd)
-    ("attn", "out"): (3, 1),  # (Hkv, G, hd, D)
-    ("ffn", "w_in"): (1, 2),  # (D, 2, F)
-    ("ffn", "w_out"): (1, 1),  # (F, D)
-}
-
-
 def block_weights(model) -> Iterator[tuple[int, str, nnx.Module, str, tuple[int, int]]]:
-    """(group index, "attn.qkv", parent module, attribute, (n_in, n_out)) for every linear weight."""
+    """(group index, "attn.qkv", parent module, attribute, (n_in, n_out)) for every linear weight, from
+    the model's layout table (jaxlm.model.layout)."""
     for gi, block in enumerate(model.groups):
-        for (sub, attr), dims in BLOCK_WEIGHTS.items():
-            yield gi, f"{sub}.{attr}", getattr(block, sub), attr, dims
+        for name, w in BLOCK_WEIGHTS.items():
+            yield gi, name, getattr(block, w.module), w.attr, w.dims
 
 
 def linear_scheme(qcfg: QuantConfig) -> Scheme:
@@ -79,22 +72,16 @@ def quantize_model(model, qcfg: QuantConfig,
     return model
 
 
-WEIGHT_AXES = {  # logical axes of each weight after the layer axis, as in jaxlm.model.transformer
-    "attn.qkv": ("embed", "kv_heads", None, "head_dim"), "attn.out": ("kv_heads", None, "head_dim", "embed"),
-    "ffn.w_in": ("embed", None, "mlp"), "ffn.w_out": ("mlp", "embed"),
-}
-
-
 def dequantize_model(model):
     """Replace every QuantizedWeight by a plain nnx.Param of its dequantized values (in place)."""
     for _, name, parent, attr, _ in block_weights(model):
         w = getattr(parent, attr)
         if isinstance(w, QuantizedWeight):
-            setattr(parent, attr, nnx.Param(w.dequantize(), axes=("layers",) * len(w.lead_shape) + WEIGHT_AXES[name]))
+            setattr(parent, attr, nnx.Param(w.dequantize(), axes=("layers",) * len(w.lead_shape) + BLOCK_WEIGHTS[name].axes))
     if isinstance(model.embed, QuantizedWeight):
-        model.embed = nnx.Param(model.embed.dequantize(), axes=("vocab", "embed"))
+        model.embed = nnx.Param(model.embed.dequantize(), axes=EMBED_AXES)
     if isinstance(model.lm_head, QuantizedWeight):
-        model.lm_head = nnx.Param(model.lm_head.dequantize(), axes=("embed", "vocab"))
+        model.lm_head = nnx.Param(model.lm_head.dequantize(), axes=LM_HEAD_AXES)
     return model
 
 
