@@ -47,7 +47,7 @@ def make_checkpoint(name: str, dtype: str, out: Path) -> dict:
     from jaxlm.convert.family import family_for_model
     from jaxlm.convert.plan import make_plan
     from jaxlm.model import abstract_model
-    from jaxlm.training.checkpointing import RunCheckpoints
+    from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
 
     preset, overrides = MODELS[name]
     run_cfg = load_run_config(preset, overrides + [f"model.param_dtype={dtype}"])

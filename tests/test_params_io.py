@@ -106,7 +106,7 @@ def test_writer_batches_and_failed_save_leaves_nothing(uniform, tmp_path, monkey
 
 def test_training_checkpoints_are_chunked_per_layer(tmp_path):
     """The trainer's Orbax saves store stacked leaves one layer per chunk, so to-hf reads one layer."""
-    from jaxlm.training.checkpointing import RunCheckpoints
+    from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
 
     run_cfg = load_run_config("tiny_uniform")
     model = build_model(run_cfg.model, seed=0)

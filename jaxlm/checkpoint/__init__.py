@@ -1,4 +1,5 @@
-"""Reading and writing model weights on disk."""
+"""Everything on disk that holds weights: model dirs (model_dir, params_io), a run's Orbax
+checkpoints (run_checkpoints), and finding them (locate)."""
 
 from jaxlm.checkpoint.model_dir import load_model, save_model
 

@@ -26,7 +26,7 @@ from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
 from jaxlm.model import flops
 from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.training import run_dir as rd
-from jaxlm.training.checkpointing import CorruptCheckpoint, RunCheckpoints
+from jaxlm.checkpoint.run_checkpoints import CorruptCheckpoint, RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
 from jaxlm.training.state import drop_like, merge_trees, split_model, take_like
