@@ -10,6 +10,7 @@ Full-disk cases mount a small tmpfs (root only; skipped with the reason otherwis
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import dataclasses
 import json
 import pickle
@@ -501,3 +502,16 @@ def test_debug_shows_the_traceback(tmp_path):
 
     r = jaxlm("model-info", tmp_path / "nope.yaml", env=cli_env(JAXLM_DEBUG="1"))
     assert r.returncode == 1 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="the probe lines come from libtpu")
+@pytest.mark.parametrize("argv", [["train", "default", "--set", "train.steps=1"], ["generate", "--ckpt", "run", "--prompt", "hi"]])
+def test_a_tpu_backend_on_a_host_without_one_is_one_line(argv, tmp_path):
+    from cli_helpers import cli_env
+
+    r = jaxlm(*argv, "--set" if argv[0] == "train" else "--max-new-tokens",
+              f"train.out_dir={tmp_path}/run" if argv[0] == "train" else "4",
+              cwd=tmp_path, env={**cli_env(), "JAX_PLATFORMS": "tpu"})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr  # libtpu's C++ probe lines are dropped
+    assert "could not start its accelerator backend" in r.stderr and "JAX_PLATFORMS" in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -31,3 +31,34 @@ def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> 
                         help="YAML config path or shipped config name (e.g. openelm_270m)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set model.num_layers=4 (repeatable)")
+
+
+# What libtpu logs to fd 2 when it probes for a TPU on a host without one (jax[tpu] installed on a CPU
+# or GPU machine, or JAX_PLATFORMS=tpu there): C++ lines around its own failed start.
+_LIBTPU_PROBE = ("Failed to find host bounds", "Logging before InitGoogle", "could not determine TPU",
+                 "common_lib.cc", "=== Source Location Trace", "libtpu_init_utils", "tfrc/runtime")
+
+
+def start_backend() -> None:
+    """Start JAX's backend (commands that run models call this first) with file descriptor 2
+    captured: libtpu's probe lines on a host without a TPU are dropped (a failed start becomes the
+    CLI's one-line error), every other line is passed on."""
+    import os
+    import tempfile
+
+    import jax
+
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            jax.devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace")
+            kept = [line for line in text.splitlines() if line.strip() and not any(p in line for p in _LIBTPU_PROBE)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")

@@ -40,9 +40,18 @@ def build_parser() -> Parser:
     return parser
 
 
+# Commands that run a model start JAX's backend first, through start_backend (its start-up noise filtered);
+# train does it itself, after its config is read and jax.distributed is initialised.
+NEEDS_BACKEND = ("generate", "eval", "quantize", "lora", "convert")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in NEEDS_BACKEND:
+            from jaxlm.cli.common import start_backend
+
+            start_backend()
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130

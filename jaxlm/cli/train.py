@@ -26,6 +26,9 @@ def run(args) -> int:
     from jaxlm.parallel import distributed
 
     distributed.maybe_initialize()  # before anything touches the devices
+    from jaxlm.cli.common import start_backend
+
+    start_backend()
 
     import jax
 
