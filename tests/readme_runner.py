@@ -23,7 +23,7 @@ def make_lora(run: str, out: str) -> None:
 
     from jaxlm.checkpoint import load_model, save_model
     from jaxlm.lora.config import LoraConfig
-    from jaxlm.quant.checkpoint import tokenizer_files
+    from jaxlm.checkpoint.model_dir import tokenizer_files
     from jaxlm.variants import model_for
 
     run_cfg, model = load_model(run)

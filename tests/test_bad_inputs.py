@@ -43,7 +43,7 @@ def base(tmp_path_factory) -> Path:
 def _lora_dir(run: Path, out: Path) -> None:
     from jaxlm.checkpoint import load_model, save_model
     from jaxlm.lora.config import LoraConfig
-    from jaxlm.quant.checkpoint import tokenizer_files
+    from jaxlm.checkpoint.model_dir import tokenizer_files
     from jaxlm.variants import model_for
 
     run_cfg, model = load_model(run)

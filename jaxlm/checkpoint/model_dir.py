@@ -27,6 +27,15 @@ from jaxlm.errors import JaxlmError
 from jaxlm.outputs import output_path
 
 
+TOKENIZER_GLOBS = ("tokenizer*", "*.tiktoken")
+
+
+def tokenizer_files(config_dir: str | Path) -> list[Path]:
+    """The tokenizer files saved next to a model (copied along by every command that writes a new
+    model dir from it)."""
+    return sorted({f for g in TOKENIZER_GLOBS for f in Path(config_dir).glob(g) if f.is_file()})
+
+
 def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_files: list[str | Path] = (),
                overwrite: bool = False, inputs: list[str | Path] = ()) -> Path:
     """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically. `inputs`:

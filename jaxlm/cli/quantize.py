@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from jaxlm.errors import ConfigError
-    from jaxlm.quant.checkpoint import quantize_checkpoint
+    from jaxlm.checkpoint.quantized import quantize_model_dir
     from jaxlm.quant.config import QuantConfig
 
     if args.group in (None, ""):
@@ -37,7 +37,7 @@ def run(args) -> int:
             raise ConfigError(f"--group must be an integer or 'channel', got {args.group!r}") from None
     qcfg = QuantConfig(bits=args.bits, group_size=group, symmetric=not args.asym, method=args.method,
                        embed_bits=args.embed_bits)
-    out = quantize_checkpoint(args.ckpt, args.out, qcfg, calib_source=args.calib, overwrite=args.overwrite)
+    out = quantize_model_dir(args.ckpt, args.out, qcfg, calib_source=args.calib, overwrite=args.overwrite)
     from jaxlm.checkpoint import load_model
     from jaxlm.quant.model import storage_report
 

@@ -29,7 +29,7 @@ def write_merged(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> 
     from jaxlm.lora.adapters import merge_lora
     from jaxlm.lora.config import LoraConfig
     from jaxlm.outputs import check_output
-    from jaxlm.quant.checkpoint import tokenizer_files
+    from jaxlm.checkpoint.model_dir import tokenizer_files
     from jaxlm.quant.config import QuantConfig
     from jaxlm.quant.model import dequantize_model
 

@@ -1,4 +1,5 @@
-"""Quantize a saved model into a new model directory that `load_model` (generate, eval) reads directly.
+"""Quantize a saved model into a new model directory that `load_model` (generate, eval) reads directly
+(`jaxlm quantize`).
 
 The output is an ordinary model dir: config.yaml (with a `quant:` section saying how it was
 quantized) + params/ (uint8 codes, float32 / float16 scales, uint8 zero points, and the unquantized rest) +
@@ -14,18 +15,11 @@ from jaxlm.errors import JaxlmError
 from jaxlm.quant.config import QuantConfig
 from jaxlm.quant.model import check_scheme, quantize_model
 
-TOKENIZER_GLOBS = ("tokenizer*", "*.tiktoken")
-
-
-def tokenizer_files(config_dir: Path) -> list[Path]:
-    return sorted({f for g in TOKENIZER_GLOBS for f in Path(config_dir).glob(g) if f.is_file()})
-
-
-def quantize_checkpoint(src: str | Path, out: str | Path, qcfg: QuantConfig, calib_source: str | Path | None = None,
+def quantize_model_dir(src: str | Path, out: str | Path, qcfg: QuantConfig, calib_source: str | Path | None = None,
                         overwrite: bool = False, log=print) -> Path:
     """Load `src` (model dir or run dir), quantize with `qcfg` (RTN or GPTQ), write the model dir `out`."""
-    from jaxlm.checkpoint import load_model, save_model
     from jaxlm.checkpoint.locate import locate
+    from jaxlm.checkpoint.model_dir import load_model, save_model, tokenizer_files
     from jaxlm.outputs import check_output
 
     if not qcfg.enabled:
