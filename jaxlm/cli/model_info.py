@@ -64,13 +64,12 @@ def run(args) -> int:
 
 def describe_buckets(cfg, seq_len: int) -> str:
     """How the layers are scanned: blocks to compile and, with layer buckets, their padding cost."""
-    from jaxlm.model import buckets
+    from jaxlm.model import buckets, flops
 
     line = f"scanned blocks: {len(cfg.layer_groups)} (runs of identical layers: {len(cfg.stored_groups)})"
     if not cfg.bucketed:
         return line
-    head = 6 * cfg.vocab_size * cfg.model_dim
-    extra = buckets.overhead(cfg.buckets, cfg.model_dim, cfg.head_dim, seq_len, head)
+    extra = buckets.overhead(cfg.buckets, cfg.model_dim, cfg.head_dim, seq_len, flops.head_flops(cfg))
     sizes = " ".join(str(b.count) for b in cfg.buckets)
     return (f"{line}; layer buckets (model.scan_pad_budget {cfg.scan_pad_budget:g}) of {sizes} layers, "
             f"padding costs +{100 * extra:.2f}% training FLOPs at seq {seq_len}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxlm.model.config import LayerSpec
+from jaxlm.model.flops import layer_flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +35,6 @@ class Bucket:
     @property
     def count(self) -> int:
         return sum(c for _, c in self.members)
-
-
-def layer_flops(spec: LayerSpec, model_dim: int, head_dim: int, seq_len: int) -> int:
-    """Training FLOPs per token of one layer (flops.py's convention: 6 x matmul weights + attention)."""
-    weights = model_dim * (2 * spec.num_query_heads + 2 * spec.num_kv_heads) * head_dim + 3 * model_dim * spec.ffn_dim
-    return 6 * weights + 12 * spec.num_query_heads * head_dim * seq_len
 
 
 def padded_spec(specs) -> LayerSpec:
@@ -96,6 +91,7 @@ def overhead(buckets: tuple[Bucket, ...], model_dim: int, head_dim: int, seq_len
 def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
     """A stored-layout params-shaped tree -> the bucketed layout: each run zero-padded at the end of
     every axis to its bucket's shape, the runs of a bucket concatenated on the layer axis."""
+    import jax
     import jax.numpy as jnp
 
     def pad(x, shape):
@@ -105,7 +101,7 @@ def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> d
     groups, g = {}, 0
     for key, bucket in zip(out, buckets):
         runs = [tree["groups"][have[g + m]] for m in range(len(bucket.members))]
-        groups[key] = _map_leaves(lambda want, *xs: jnp.concatenate([pad(x, (x.shape[0],) + want.shape[1:])
+        groups[key] = jax.tree.map(lambda want, *xs: jnp.concatenate([pad(x, (x.shape[0],) + want.shape[1:])
                                                                      for x in xs]), bucketed_abs["groups"][key], *runs)
         g += len(bucket.members)
     return {**tree, "groups": groups}
@@ -113,13 +109,15 @@ def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> d
 
 def to_stored(tree: dict, stored_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
     """The inverse of `to_buckets`: each bucket split into its runs, the padding sliced off."""
+    import jax
+
     have, out = _ordered(tree["groups"]), _ordered(stored_abs["groups"])
     groups, g = {}, 0
     for b, bucket in enumerate(buckets):
         start = 0
         for _, count in bucket.members:
             want = stored_abs["groups"][out[g]]
-            groups[out[g]] = _map_leaves(
+            groups[out[g]] = jax.tree.map(
                 lambda w, x, s=start: x[(slice(s, s + w.shape[0]),) + tuple(slice(0, n) for n in w.shape[1:])],
                 want, tree["groups"][have[b]])
             start, g = start + count, g + 1
@@ -142,7 +140,3 @@ def _ordered(groups: dict) -> list:
     return sorted(groups, key=int)
 
 
-def _map_leaves(fn, target: dict, *trees):
-    import jax
-
-    return jax.tree.map(fn, target, *trees)

@@ -163,8 +163,10 @@ class ModelConfig:
         from jaxlm.model import buckets
 
         if self.scan_pad_budget > 0 and self.scan_layers and len(self.stored_groups) > 1:
+            from jaxlm.model.flops import head_flops
+
             return buckets.plan(self.stored_groups, self.model_dim, self.head_dim, self.max_context,
-                                self.scan_pad_budget, fixed_flops=6 * self.vocab_size * self.model_dim)
+                                self.scan_pad_budget, fixed_flops=head_flops(self))
         return tuple(buckets.Bucket(spec, ((spec, count),)) for spec, count in self.stored_groups)
 
     @property

@@ -38,7 +38,18 @@ def matmul_params(cfg: ModelConfig) -> int:
     return n + cfg.vocab_size * d
 
 
+def layer_flops(spec, model_dim: int, head_dim: int, seq_len: int) -> int:
+    """Training FLOPs per token of one layer of sizes `spec` (a LayerSpec): 6 x its matmul weights +
+    12 x Hq x hd x T of attention."""
+    weights = model_dim * (2 * spec.num_query_heads + 2 * spec.num_kv_heads) * head_dim + 3 * model_dim * spec.ffn_dim
+    return 6 * weights + 12 * spec.num_query_heads * head_dim * seq_len
+
+
+def head_flops(cfg: ModelConfig) -> int:
+    """Training FLOPs per token of the output projection (6 x V x D)."""
+    return 6 * cfg.vocab_size * cfg.model_dim
+
+
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward + backward FLOPs per token at sequence length seq_len (see the module docstring)."""
-    attn = 12 * sum(s.num_query_heads * cfg.head_dim for s in cfg.layer_specs) * seq_len
-    return 6 * matmul_params(cfg) + attn
+    return sum(layer_flops(s, cfg.model_dim, cfg.head_dim, seq_len) for s in cfg.layer_specs) + head_flops(cfg)

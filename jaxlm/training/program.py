@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from jaxlm.errors import ConfigError
 from jaxlm.parallel import param_shardings, rules
 from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
-from jaxlm.training.state import SplitModel, logical_axes, split_model
+from jaxlm.training.state import SplitModel, logical_axes, merge_trees, split_model
 from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
 from jaxlm.variants import model_for
 
@@ -46,8 +46,6 @@ class TrainProgram:
 
     def checkpoint_abstract(self) -> tuple[dict, object]:
         """(params + frozen, opt_state) as sharded ShapeDtypeStructs in the checkpoint layout: restore targets."""
-        from jaxlm.training.state import merge_trees
-
         if self.stored is not None:
             return self.stored.params_abs, self.stored.opt_abs
         return (with_shardings(merge_trees(self.params_abs, self.rest_abs), merge_trees(self.p_shard, self.r_shard)),
