@@ -58,6 +58,14 @@ def compile_once(config: str, topology: str, impl: str, batch: int, seq_len: int
     return row
 
 
+def parse_case(case: str) -> tuple[str, str, str, list[str]]:
+    """"openelm_3b:v5p:2x2x1:xla+model.scan_pad_budget=0" -> (config, topology, impl, [overrides])."""
+    head, *own = case.split("+")
+    config, rest = head.split(":", 1)
+    topology, impl = rest.rsplit(":", 1)
+    return config, topology, impl, own
+
+
 def _commit() -> str:
     """The checked-out commit (rows measured before and after a change stay apart)."""
     p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -74,8 +82,10 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["openelm_270m", "openelm_1_1b", "openelm_3b", "llama3_8b"])
     ap.add_argument("--topologies", nargs="+", default=["v5e:2x4", "v5p:2x2x1"])
     ap.add_argument("--impls", nargs="+", default=["xla", "pallas"])
-    ap.add_argument("--cases", nargs="+", default=None, metavar="CONFIG:TOPOLOGY:IMPL",
-                    help="explicit cases, in this order (instead of the configs x topologies x impls grid)")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="CONFIG:TOPOLOGY:IMPL[+KEY=VALUE...]",
+                    help="explicit cases, in this order (instead of the configs x topologies x impls grid); "
+                         "+KEY=VALUE adds an override to that case alone")
+    ap.add_argument("--rounds", type=int, default=1, help="run the cases this many times, interleaved")
     ap.add_argument("--append", action="store_true", help="keep the rows of earlier runs (results/compile.jsonl)")
     ap.add_argument("--per-device-batch", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=2048)
@@ -84,12 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     cores = os.cpu_count()
     print(f"host: {platform.processor() or platform.machine()}, {cores} cores; load {os.getloadavg()}", flush=True)
-    cases = ([tuple(c.split(":", 1)[0:1]) + tuple(c.split(":", 1)[1].rsplit(":", 1)) for c in args.cases]
-             if args.cases else [(c, t, i) for c in args.configs for t in args.topologies for i in args.impls])
+    cases = ([parse_case(c) for c in args.cases] if args.cases else
+             [(c, t, i, []) for c in args.configs for t in args.topologies for i in args.impls])
     rows = [json.loads(line) for line in ROWS.read_text().splitlines()] if args.append and ROWS.exists() else []
-    for config, topology, impl in cases:
+    for config, topology, impl, own in cases * args.rounds:
         batch = args.per_device_batch * TOPOLOGY_CHIPS[topology]
-        rows.append(compile_once(config, topology, impl, batch, args.seq_len, args.timeout, args.extra))
+        rows.append(compile_once(config, topology, impl, batch, args.seq_len, args.timeout, args.extra + own))
         print(rows[-1], flush=True)
         write(rows, args, cores)  # after every row: a long run that is stopped keeps what it measured
 
