@@ -31,8 +31,8 @@ def test_cli_train_on_bundled_corpus_writes_run_dir_samples_and_plots(tmp_path, 
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
-    for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_time_s", "mfu"):
-        assert key in records[0]
+    for key in ("loss", "grad_norm", "lr", "tokens_per_s", "step_time_s", "mfu", "val_loss", "val_ppl"):
+        assert key in records[0]  # the default config validates on the held-back plays at every checkpoint
     assert records[0]["mfu"] is None  # CPU: no peak FLOP/s to compare with
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     # The run dir's data-iterator state is in the checkpoint (for exact resume).
@@ -119,3 +119,42 @@ def test_lora_finetune_from_a_model_dir_trains_only_the_adapters(tmp_path):
     lora = nnx.state(tuned, nnx.LoRAParam)
     lora_b = [x for p, x in jax.tree_util.tree_flatten_with_path(lora.to_pure_dict())[0] if "lora_b" in str(p)]
     assert lora_b and all(float(jnp.abs(x).max()) > 0 for x in lora_b)  # B starts at zero; training moved it
+
+
+def test_validation_in_the_loop_equals_a_direct_evaluation_and_ranks_keep_best(tmp_path):
+    import itertools
+    import math
+
+    from train_helpers import TokenBatches
+
+    from jaxlm.checkpoint.locate import finished_steps
+
+    out = tmp_path / "run"
+    cfg = tiny_run_config(out, steps=6, checkpoint={"every": 2, "keep": 1, "keep_best": 1}, eval_every=3,
+                          log_every=100)
+    evals = lambda p, n, b: itertools.islice(TokenBatches(p, n, b, seed=7), 3)  # noqa: E731
+    result = train(cfg, batch_source=token_batches, eval_source=evals)
+    assert sorted(result.val_losses) == [2, 3, 4, 6]  # every eval_every steps and at every checkpoint
+    records = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    for step, val in result.val_losses.items():
+        assert records[step]["val_loss"] == val and math.isclose(records[step]["val_ppl"], math.exp(val))
+        assert records[step]["val_tokens"] == 3 * 8 * 32
+    # The same number from the saved model, computed directly (full logits, no chunking, no mesh).
+    model = load_model(out / "checkpoints" / "6")[1]
+    nll, count = 0.0, 0
+    for b in evals(0, 1, 8):
+        logits = model(jnp.asarray(b["inputs"]), positions=jnp.asarray(b["positions"]),
+                       segment_ids=jnp.asarray(b["segment_ids"]))
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        nll -= float(jnp.sum(jnp.take_along_axis(logp, jnp.asarray(b["targets"])[..., None], axis=-1)))
+        count += b["targets"].size
+    assert abs(nll / count - result.val_losses[6]) < 1e-5
+    # keep_best ranks by the validation loss: Orbax writes it as each checkpoint's metric (so a resumed
+    # run still knows the ranking).
+    best = min((2, 4, 6), key=result.val_losses.get)
+    assert finished_steps(out / "checkpoints") == sorted({best, 6})
+    for step in finished_steps(out / "checkpoints"):
+        saved = json.loads((out / "checkpoints" / str(step) / "metrics" / "metrics").read_text())
+        assert saved == {"loss": result.val_losses[step]}
+        meta = json.loads((out / "checkpoints" / str(step) / "meta" / "metadata").read_text())
+        assert meta["val_loss"] == result.val_losses[step] and meta["loss"] == result.losses[step]

@@ -58,24 +58,59 @@ def token_batches(process_index, process_count, batch_size):
     return TokenBatches(process_index, process_count, batch_size)
 
 
+def eval_batches(process_index, process_count, batch_size):
+    """A validation pass: 3 batches of another stream (each process its rows of every global batch)."""
+    import itertools
+
+    return itertools.islice(TokenBatches(process_index, process_count, batch_size, seed=7), 3)
+
+
+class SlowBatches(TokenBatches):
+    """TokenBatches that take `seconds` each, so that a test can signal a run while it steps."""
+
+    def __init__(self, seconds: float, *args):
+        super().__init__(*args)
+        self.seconds = seconds
+
+    def __next__(self):
+        import time
+
+        time.sleep(self.seconds)
+        return super().__next__()
+
+
 def main(argv) -> None:
     """`python tests/train_helpers.py OUT_DIR STEPS DATA,FSDP,TENSOR [key=value ...]`: a tiny run in a subprocess.
 
-    Used by the kill -9 and multi-process tests (environment: XLA_FLAGS, JAX_* from the caller).
+    Used by the kill -9, signal, lock and multi-process tests (environment: XLA_FLAGS, JAX_* from the
+    caller). Test knobs from the environment: SLOW_BATCHES=seconds per batch; HIDE_NEWEST_ON=process
+    index whose listing of finished checkpoints leaves out the newest (as a lagging shared filesystem).
+    Prints "LOSSES {json}", "VAL {json}" (validation losses) and "STOPPED step reason" on stdout.
     """
     import json
+    import os
 
     from jaxlm.config.loader import parse_overrides
     from jaxlm.parallel import distributed
 
     distributed.maybe_initialize()
-    from jaxlm.training.trainer import train
+    import jax
+
+    from jaxlm.training import trainer
+
+    if os.environ.get("HIDE_NEWEST_ON") == str(jax.process_index()):
+        listing = trainer.finished_steps
+        trainer.finished_steps = lambda d: listing(d)[:-1]
+    slow = float(os.environ.get("SLOW_BATCHES", "0"))
+    source = (lambda p, n, b: SlowBatches(slow, p, n, b)) if slow else token_batches
 
     out, steps, mesh = argv[0], int(argv[1]), tuple(int(x) for x in argv[2].split(","))
     extra = parse_overrides(argv[3:])
     cfg = tiny_run_config(out, steps=steps, mesh=mesh, checkpoint=extra.get("checkpoint"), **extra.get("train", {}))
-    result = train(cfg, batch_source=token_batches, quiet=True)
+    result = trainer.train(cfg, batch_source=source, eval_source=eval_batches, quiet=True)
     print("LOSSES " + json.dumps({str(k): v for k, v in result.losses.items()}), flush=True)
+    print("VAL " + json.dumps({str(k): v for k, v in result.val_losses.items()}), flush=True)
+    print(f"STOPPED {result.step} {result.stopped}", flush=True)
 
 
 if __name__ == "__main__":

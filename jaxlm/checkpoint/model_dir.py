@@ -109,6 +109,10 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
         disk = nest(dict(layer_leaves(flatten(target), lambda x, j: jax.ShapeDtypeStruct(x.shape[1:], x.dtype)))) \
             if layered else target
         check_param_shapes(saved, disk, str(params_dir))
+        # Onto this process's first device: a run checkpoint remembers the devices it was saved from
+        # (a pod's, another process's), which Orbax would otherwise try to restore onto.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        disk = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here), disk)
         with ocp.StandardCheckpointer() as ckptr:
             try:
                 params = ckptr.restore(params_dir, disk)

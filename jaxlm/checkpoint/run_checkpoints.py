@@ -4,7 +4,8 @@
   in a background thread) and atomic: Orbax writes <step>.orbax-checkpoint-tmp-* and renames it when
   complete, so a crash mid-save leaves only the earlier, finished steps (temporary folders are
   ignored and cleaned up on the next start).
-- Kept: the last `keep` steps plus the `keep_best` with the lowest loss.
+- Kept: the last `keep` steps plus the `keep_best` with the lowest loss (the validation loss when the
+  run validates); each step's loss is saved with it (<step>/metrics), so the ranking survives a resume.
 - Restore takes abstract targets carrying the *current* mesh's shardings, so a checkpoint saved on
   8 devices restores onto 1 or 4 (Orbax reshards while reading).
 - `params` is the trainable nnx.Param pure dict, the same tree as a model directory's params/.
@@ -31,9 +32,12 @@ class RunCheckpoints:
         if keep_best > 0:
             keep_policies.append(policies.BestN(get_metric_fn=lambda m: -m["loss"], n=keep_best,
                                                 keep_checkpoints_without_metrics=False))
+        # best_fn only makes Orbax write each step's metrics (<step>/metrics), so that the ranking survives a
+        # restart; which steps stay is the preservation policy's choice.
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True,
-            preservation_policy=policies.AnyPreservationPolicy(keep_policies))
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            best_fn=(lambda m: m["loss"]) if keep_best > 0 else None, best_mode="min")
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:

@@ -49,12 +49,16 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     out = check_output(out or Path(run_dir) / "plots", overwrite=True, inputs=[Path(run_dir) / "metrics.jsonl"])
     steps = [r["step"] for r in records]
     written = []
-    panels = [("loss.png", [("loss", "loss")], "loss (nats/token)"),
+    panels = [("loss.png", [("loss", "training loss")], "loss (nats/token)"),
               ("throughput.png", [("tokens_per_s", "tokens/s")], "tokens/s")]
     for name, series, ylabel in panels:
         fig, ax = plt.subplots(figsize=(7, 4))
         for key, label in series:
             ax.plot(steps, [r.get(key) if r.get(key) is not None else float("nan") for r in records], label=label)
+        if name == "loss.png" and any(r.get("val_loss") is not None for r in records):
+            val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+            ax.plot(*zip(*val), marker="o", label="validation loss")
+            ax.legend()
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

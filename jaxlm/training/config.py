@@ -29,6 +29,9 @@ class TrainConfig:
     z_loss: float = 1e-4  # coefficient of mean(logsumexp(logits)^2) added to the loss
     loss_chunk: int = 512  # sequence positions per loss chunk: the step holds (B, loss_chunk, V) f32 logits
     log_every: int = 10  # steps between metric lines (console, metrics.jsonl, TensorBoard)
+    eval_every: int = 0  # steps between validation passes over data.validation (0: none); a run with it also
+    # validates at every checkpoint, and checkpoint.keep_best then ranks by the validation loss
+    eval_batches: int = 0  # batches (of train.batch_size) per validation pass; 0: all of data.validation
     out_dir: str = "runs/default"  # the run directory (config.yaml, tokenizer, checkpoints/, metrics)
     init_from: str | None = None  # a model dir or run dir whose params start this run (fine-tuning)
     sample_prompt: str = "ROMEO:"  # printed sample at the end of the run ("" to skip)
@@ -40,6 +43,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "loss_chunk"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.eval_batches < 0:
+            raise ConfigError(f"train.eval_every and train.eval_batches must be >= 0 (0: no validation / the whole "
+                              f"validation set), got {self.eval_every} and {self.eval_batches}")
         if not str(self.out_dir).strip():
             raise ConfigError("train.out_dir is empty; give the run directory (e.g. runs/my_run)")
         if self.batch_size % self.micro_batches:

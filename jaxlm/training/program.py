@@ -17,7 +17,7 @@ from jaxlm.errors import ConfigError
 from jaxlm.parallel import param_shardings, rules
 from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
 from jaxlm.training.state import SplitModel, logical_axes, merge_trees, split_model
-from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
+from jaxlm.training.step import BATCH_KEYS, jit_eval_step, jit_train_step, make_eval_step, make_train_step
 from jaxlm.variants import model_for
 
 
@@ -34,6 +34,7 @@ class TrainProgram:
     tx: object
     schedule: object
     step_fn: object  # jitted step(state, rest, batch) -> (state, metrics)
+    eval_fn: object  # jitted evaluate(params, rest, batch) -> {"ce", "tokens"} sums (validation)
     stored: "StoredLayout | None" = None  # set when the model runs padded layer buckets
 
     def for_checkpoint(self, params, opt_state):
@@ -107,9 +108,10 @@ def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
     step = make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss, loss_chunk=tc.loss_chunk)
     step_fn = jit_train_step(step, mesh, {"params": p_shard, "opt_state": o_shard}, r_shard)
+    eval_fn = jit_eval_step(make_eval_step(split, tc.loss_chunk), mesh, p_shard, r_shard)
     stored = stored_layout(run_cfg, mesh, p_shard, o_shard) if run_cfg.model.bucketed else None
     return TrainProgram(mesh, split, params_abs, rest_abs, jax.eval_shape(tx.init, params_abs), p_shard, r_shard,
-                        o_shard, tx, schedule, step_fn, stored)
+                        o_shard, tx, schedule, step_fn, eval_fn, stored)
 
 
 def check_batch(tc, mesh: Mesh, process_count: int, max_context: int) -> None:

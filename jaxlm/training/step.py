@@ -64,6 +64,29 @@ def make_train_step(split: SplitModel, tx: optax.GradientTransformation, *, micr
     return step
 
 
+def make_eval_step(split: SplitModel, loss_chunk: int = LOSS_CHUNK):
+    """Returns evaluate(params, rest, batch) -> {"ce", "tokens"}: summed cross-entropy (no z-loss) and the
+    number of counted tokens, so passes over several batches (and processes) add up exactly."""
+
+    def evaluate(params, rest, batch):
+        model = split.merge(params, rest)
+        hidden = model.hidden_states(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+        sums = chunked_loss_sums(hidden, model.output_head(), batch["targets"], batch["loss_mask"], 0.0, loss_chunk)
+        return {"ce": sums["ce"], "tokens": sums["tokens"]}
+
+    return evaluate
+
+
+def jit_eval_step(evaluate, mesh, param_shardings, rest_shardings):
+    batch = {k: rules.batch_sharding(mesh) for k in BATCH_KEYS}
+
+    def traced(params, rest, batch_):
+        with rules.use_mesh(mesh):
+            return evaluate(params, rest, batch_)
+
+    return jax.jit(traced, in_shardings=(param_shardings, rest_shardings, batch), out_shardings=NamedSharding(mesh, P()))
+
+
 def jit_train_step(step, mesh, state_shardings, rest_shardings):
     """jax.jit with explicit in/out shardings; the state buffers are donated."""
     batch = {k: rules.batch_sharding(mesh) for k in BATCH_KEYS}

@@ -3,8 +3,10 @@
     result = train(run_cfg)            # reads text through jaxlm.data, writes train.out_dir
 
 Every check that can fail on bad input (mesh vs devices, batch vs mesh, checkpoint vs config, data:
-the first batch is read before anything else) runs before anything is written to the run directory.
-A resume whose newest checkpoint is damaged falls back to the newest step that loads, with a
+the first batch is read before anything else) runs before anything is written to the run directory
+(only its lock, `train.lock`, which goes again with the directory if the run made it: run_lock.py).
+One trainer at a time holds a run dir. SIGTERM and Ctrl-C stop every process after the same step,
+with a checkpoint (stop.py); every process resumes the step that process 0 finds. A resume whose newest checkpoint is damaged falls back to the newest step that loads, with a
 warning (the damaged step is kept aside as `<step>.corrupt`). Only process 0 writes logs and files;
 every process takes part in checkpoint saves (each writes its own shards).
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -29,9 +30,12 @@ from jaxlm.training import run_dir as rd
 from jaxlm.checkpoint.run_checkpoints import CorruptCheckpoint, RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
+from jaxlm.training.run_lock import locked_run_dir
 from jaxlm.training.state import drop_like, merge_trees, split_model, take_like
-from jaxlm.variants import model_for
 from jaxlm.training.step import BATCH_KEYS
+from jaxlm.training.stop import StopRequests
+from jaxlm.training.validation import make_validation
+from jaxlm.variants import model_for
 
 
 @dataclasses.dataclass
@@ -39,17 +43,21 @@ class TrainResult:
     run_dir: Path
     step: int  # optimizer updates done
     losses: dict[int, float]  # step -> loss, for the steps logged by this process
+    val_losses: dict[int, float]  # step -> validation loss (train.eval_every), same on every process
     params: dict  # final trainable params (global jax arrays), in the layout the step ran (padded layer
     # buckets when model.bucketed; jaxlm.model.stored_tree gives the unpadded layers)
     opt_state: object  # final optimizer state
     stopped: str = "finished"  # finished | preempted
 
 
-def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, devices=None) -> TrainResult:
+def train(run_cfg, *, batch_source=None, eval_source=None, tokenizer=None, quiet: bool = False,
+          devices=None) -> TrainResult:
     """Run (or resume) the training job described by `run_cfg`.
 
     batch_source(process_index, process_count, batch_size) -> iterator with get_state/set_state;
     default: `jaxlm.data.make_batch_iterator` over run_cfg.data with the run's tokenizer.
+    eval_source(process_index, process_count, batch_size) -> one pass of validation batches, when
+    train.eval_every > 0; default: data.validation (jaxlm.training.validation).
     devices: the devices of the mesh (default: all of them).
     """
     tc, mc = run_cfg.train, run_cfg.mesh
@@ -57,16 +65,25 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         raise ConfigError(f"quant.bits={run_cfg.quant.bits} / quant.embed_bits={run_cfg.quant.embed_bits}: a quantized "
                           f"base is frozen, so only LoRA adapters can train on it; add --set lora.enabled=true, or "
                           f"train in 16 bits and run `jaxlm quantize` afterwards")
-    preempted = _install_sigterm()  # first: a SIGTERM during restore or compile also ends the run cleanly
-    mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
-    pi, pc = jax.process_index(), jax.process_count()
-    check_batch(tc, mesh, pc, run_cfg.model.max_context)
-    out = Path(tc.out_dir).absolute()
-    if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
-        from jaxlm.outputs import refuse_overlap
+    # Signals first: a SIGTERM or Ctrl-C during restore or compile also ends the run cleanly.
+    with StopRequests() as stop:
+        mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
+        check_batch(tc, mesh, jax.process_count(), run_cfg.model.max_context)
+        out = Path(tc.out_dir).absolute()
+        if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
+            from jaxlm.outputs import refuse_overlap
 
-        refuse_overlap(out, [tc.init_from], "train.out_dir")
-    done = finished_steps(out / "checkpoints")
+            refuse_overlap(out, [tc.init_from], "train.out_dir")
+        with locked_run_dir(out) as lock:
+            return _train(run_cfg, mesh, out, stop, lock, batch_source, eval_source, tokenizer, quiet)
+
+
+def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eval_source, tokenizer,
+           quiet) -> TrainResult:
+    tc = run_cfg.train
+    pi, pc = jax.process_index(), jax.process_count()
+    # Process 0's listing, so every process resumes the same step (a shared filesystem's listings can differ).
+    done = distributed.broadcast_json(finished_steps(out / "checkpoints"))
     resume_step = done[-1] if done else None
 
     # Model, shardings and the jitted step (abstract first: nothing is allocated before the checks pass).
@@ -91,6 +108,8 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         batches = batch_source(pi, pc, local_batch)
     start_state = batches.get_state()
     first = _first_batch(batches)  # unreadable data fails here, before any write
+    batch_shard = rules.batch_sharding(mesh)
+    validation = make_validation(run_cfg, program, batch_shard, tokenizer, eval_source, local_batch)
 
     def compile_step():  # from abstract shapes; a step the target cannot build also fails before any write
         t0 = time.perf_counter()
@@ -105,6 +124,8 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
                               run_cfg.checkpoint.keep_best, run_cfg.checkpoint.async_save)
 
     notes: list[str] = []
+    if lock is not None and lock.stale:
+        notes.append(f"took over {lock.path} from {_holder(lock.stale)}, which is no longer running")
     if resume_step is not None:
         ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done,
                                                         *program.checkpoint_abstract(), notes)
@@ -129,7 +150,6 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         if pi == 0:
             rd.write_run_files(out, run_cfg, tokenizer)
 
-        batch_shard = rules.batch_sharding(mesh)
         state = {"params": params, "opt_state": opt_state}
         if compiled is None and step < tc.steps:  # resumed from an older step than the newest on disk
             compiled, compile_s = compile_step()
@@ -145,12 +165,13 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         for note in notes:
             logger.message(note)
         losses: dict[int, float] = {}
+        val_losses: dict[int, float] = {}
         pending: list[tuple[int, dict]] = []  # device metrics not yet checked on the host
         window_start, window_steps, stopped, first_log = time.perf_counter(), 0, "finished", True
         last_saved = step if resume_step is not None else None
         data_state = start_state if first is not None else batches.get_state()
         while step < tc.steps:
-            if preempted() or (tc.stop_after is not None and step >= tc.stop_after):
+            if stop.should_stop() or (tc.stop_after is not None and step >= tc.stop_after):
                 stopped = "preempted"
                 break
             local, first = (first, None) if first is not None else (_first_batch(batches), None)
@@ -162,27 +183,32 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
             pending.append((step, metrics))
             logger.advance()
             save_now = ckpt.should_save(step, tc.steps)
-            if step % tc.log_every == 0 or save_now or step == tc.steps:
+            eval_now = validation is not None and (step % tc.eval_every == 0 or save_now or step == tc.steps)
+            if step % tc.log_every == 0 or save_now or step == tc.steps or eval_now:
                 fetched = _check_finite(pending, losses, ckpt, logger, last_saved)  # waits for the last step
                 step_time = (time.perf_counter() - window_start) / window_steps
                 last = fetched[-1]
                 tokens_per_s = tc.batch_size * tc.seq_len / step_time
+                val = validation.run(state["params"], rest) if eval_now else {}
+                if val:
+                    val_losses[step] = val["val_loss"]
                 logger.log({"step": step, "loss": float(last["loss"]), "ce": float(last["ce"]), "z": float(last["z"]),
                             "grad_norm": float(last["grad_norm"]), "lr": float(program.schedule(step - 1)),
                             "tokens_per_s": tokens_per_s, "step_time_s": step_time,
                             "mfu": mfu(flops_per_token, tokens_per_s, jax.device_count(), peak),
-                            **({"compile_s": compile_s} if first_log else {})})
+                            **val, **({"compile_s": compile_s} if first_log else {})})
                 first_log = False
                 pending.clear()
                 if save_now:
-                    _save(ckpt, program, step, state, rest, data_state, rng, losses[step])
+                    _save(ckpt, program, step, state, rest, data_state, rng, losses[step], val.get("val_loss"))
                     last_saved = step
                 window_start, window_steps = time.perf_counter(), 0
         if stopped == "preempted" and last_saved != step:
             _check_finite(pending, losses, ckpt, logger, last_saved)
-            _save(ckpt, program, step, state, rest, data_state, rng, losses.get(step, float("inf")))
-            logger.message(f"stopped at step {step} (SIGTERM or stop_after); checkpoint saved; rerun the same "
-                           f"command to resume")
+            _save(ckpt, program, step, state, rest, data_state, rng, losses.get(step, float("inf")),
+                  float("inf") if validation is not None else None)  # not validated: ranked last
+            logger.message(f"stopped at step {step} ({stop.reason or 'train.stop_after'}); checkpoint saved; rerun "
+                           f"the same command to resume")
         ckpt.close()
         logger.close()
         if hasattr(batches, "close"):
@@ -192,7 +218,7 @@ def train(run_cfg, *, batch_source=None, tokenizer=None, quiet: bool = False, de
         if is_disk_full(e):
             raise disk_full(out) from None
         raise
-    return TrainResult(out, step, losses, state["params"], state["opt_state"], stopped)
+    return TrainResult(out, step, losses, val_losses, state["params"], state["opt_state"], stopped)
 
 
 def _first_batch(batches):
@@ -244,12 +270,15 @@ def _check_finite(pending, losses, ckpt, logger, last_saved) -> list[dict]:
     return fetched
 
 
-def _save(ckpt: RunCheckpoints, program, step, state, rest, data_state, rng, loss) -> None:
+def _save(ckpt: RunCheckpoints, program, step, state, rest, data_state, rng, loss, val_loss=None) -> None:
     """The params item holds every nnx.Param (trainable + frozen), the same tree as a model dir's params/,
-    in the stored (unpadded) layout."""
+    in the stored (unpadded) layout. keep_best ranks by val_loss when the run validates, else by loss."""
     meta = {"step": step, "rng": [int(x) for x in np.asarray(rng)], "loss": loss,
             "data_state": distributed.allgather_json(data_state)}
-    ckpt.save(step, *program.for_checkpoint(merge_trees(state["params"], rest), state["opt_state"]), meta, loss)
+    if val_loss is not None:
+        meta["val_loss"] = val_loss
+    ckpt.save(step, *program.for_checkpoint(merge_trees(state["params"], rest), state["opt_state"]), meta,
+              loss if val_loss is None else val_loss)
 
 
 def _initial_params(run_cfg, p_shard, r_shard):
@@ -280,11 +309,5 @@ def _place(tree, shardings):
     return jax.tree.map(put, tree, shardings)
 
 
-def _install_sigterm():
-    """SIGTERM (preemption) sets a flag; the loop saves and exits cleanly after the current step."""
-    flag = {"set": False}
-    try:
-        signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("set", True))
-    except ValueError:  # not the main thread
-        pass
-    return lambda: flag["set"]
+def _holder(record: dict) -> str:
+    return f"PID {record.get('pid')} on {record.get('host')}"
