@@ -4,7 +4,6 @@ The padded model must equal the unpadded one in logits and gradients, keep its p
 zero through AdamW, and save, load, export and checkpoint in the unpadded layout bit for bit.
 """
 
-import dataclasses
 import itertools
 
 import jax
