@@ -19,7 +19,7 @@ from jaxlm.config import load_run_config
 from jaxlm.config.run import RunConfig
 from jaxlm.errors import JaxlmError
 from jaxlm.model import ModelConfig, buckets, build_model, bucketed_tree, kv_cache, stored_tree, to_bucketed, to_stored
-from jaxlm.checkpoint.run_checkpoints import saved_param_shapes
+from jaxlm.checkpoint.metadata import saved_param_shapes
 from jaxlm.training.trainer import train
 
 # OpenELM layerwise scaling, 6 layers: (q, kv, ffn) = (4, 2, 32), (6, 3, 80), (6, 3, 128), (6, 3, 160),

@@ -134,7 +134,7 @@ def test_peft_export_loads_with_peft_on_the_converted_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from jaxlm.convert.to_hf import to_hf
-    from jaxlm.lora.peft import export_peft
+    from jaxlm.convert.peft import export_peft
 
     run_cfg = cfg()
     base = build_model(run_cfg.model, seed=3)

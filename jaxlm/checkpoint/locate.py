@@ -21,6 +21,12 @@ def finished_steps(ckpt_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def params_disk_bytes(path: str | Path) -> int:
+    """Bytes of the files of the params item that `path` (a model dir, run dir or step) holds."""
+    params_dir = locate(path)[1]
+    return sum(f.stat().st_size for f in Path(params_dir).rglob("*") if f.is_file())
+
+
 def locate(path: str | Path) -> tuple[Path, Path]:
     """(directory holding config.yaml and the tokenizer, the Orbax params item folder)."""
     config_dir, params_dir = _locate(Path(path).absolute())

@@ -92,7 +92,7 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
 
     from jaxlm.checkpoint.locate import locate
     from jaxlm.lora.config import LoraConfig
-    from jaxlm.checkpoint.run_checkpoints import check_param_shapes, corrupt, saved_param_shapes
+    from jaxlm.checkpoint.metadata import check_param_shapes, corrupt, saved_param_shapes
     from jaxlm.variants import model_for
 
     config_dir, params_dir = locate(path)

@@ -189,7 +189,7 @@ class ParamReader:
             self._meta[name] = leaf
             self.shapes[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
         if not self.shapes:  # e.g. manifest.ocdbt deleted: Orbax reads an empty tree
-            from jaxlm.checkpoint.run_checkpoints import corrupt
+            from jaxlm.checkpoint.metadata import corrupt
 
             raise corrupt(self.item, None)
         self._stores: dict[LeafPath, object] = {}
@@ -243,7 +243,7 @@ class ParamReader:
 def _readable(item: Path):
     """Orbax and tensorstore raise plain Exceptions on damaged files: one JaxlmError naming them."""
     from jaxlm.errors import JaxlmError
-    from jaxlm.checkpoint.run_checkpoints import corrupt
+    from jaxlm.checkpoint.metadata import corrupt
 
     try:
         yield

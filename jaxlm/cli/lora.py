@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def run_merge(args) -> int:
-    from jaxlm.lora.merged import write_merged
+    from jaxlm.checkpoint.lora_merged import write_merged
 
     out = write_merged(args.ckpt, args.out, overwrite=args.overwrite)
     print(f"wrote merged model {out}")
@@ -29,8 +29,8 @@ def run_merge(args) -> int:
 
 def run_export(args) -> int:
     from jaxlm.checkpoint.locate import locate
-    from jaxlm.lora.merged import load_lora_model
-    from jaxlm.lora.peft import export_peft
+    from jaxlm.checkpoint.lora_merged import load_lora_model
+    from jaxlm.convert.peft import export_peft
     from jaxlm.outputs import check_output
 
     inputs = [args.ckpt, locate(args.ckpt)[0]]

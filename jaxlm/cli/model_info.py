@@ -56,9 +56,10 @@ def run(args) -> int:
     per_tok = flops.train_flops_per_token(cfg, seq_len)
     print(f"training FLOPs/token at seq {seq_len}: {per_tok:.4g} (6N + 12*L*Hq*hd*T, causal not halved)")
     if run_cfg.quant.enabled:  # e.g. a `jaxlm quantize` output, or --set quant.bits=4 --set quant.group_size=128
+        from jaxlm.checkpoint.locate import params_disk_bytes
         from jaxlm.quant.model import describe_storage
 
-        print(describe_storage(run_cfg, args.ckpt))
+        print(describe_storage(run_cfg, params_disk_bytes(args.ckpt) if args.ckpt else None))
     return 0
 
 

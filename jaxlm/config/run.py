@@ -1,4 +1,5 @@
-"""The top-level run config: one section per subsystem, each a frozen dataclass owned by its package."""
+"""The top-level run config: one section per subsystem, each a frozen dataclass owned by its package
+(the train / checkpoint / mesh sections by jaxlm.config itself: config/train.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import dataclasses
 from pathlib import Path
 
 from jaxlm.config.loader import from_dict, load_yaml, merge, parse_overrides
+from jaxlm.config.train import CheckpointConfig, MeshConfig, TrainConfig
 from jaxlm.data.config import DataConfig
 from jaxlm.errors import ConfigError
 from jaxlm.model.config import ModelConfig
-from jaxlm.training.config import CheckpointConfig, MeshConfig, TrainConfig
 from jaxlm.lora.config import LoraConfig
 from jaxlm.quant.config import QuantConfig
 

@@ -1,38 +1,20 @@
-"""What an adapter is, and how the family of a checkpoint is chosen.
+"""The adapter registry: which `Family` (jaxlm.convert.layout) converts a checkpoint.
 
-An adapter (one module per family: llama.py, phi3.py, openelm.py) is a `Family`: its explicit
-key map (`top` rules for whole-model tensors, `layer` rules under `layer_prefix`) and its two
-config mappings. Rules whose jaxlm leaf the model lacks (lm_head when tied, q_norm without
-QK-norm) are skipped, so the expected HF tensor set follows from the config.
+An adapter is one module per family (llama.py, phi3.py, openelm.py) defining a `Family`; this
+module imports them and picks one, from an HF config's model_type or from a jaxlm model config.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-from jaxlm.convert.layout import Rule
+from jaxlm.convert import llama, openelm, phi3
+from jaxlm.convert.layout import Family
 from jaxlm.errors import JaxlmError
 from jaxlm.model.config import ModelConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    model_type: str
-    top: tuple[Rule, ...]
-    layer_prefix: str  # e.g. "model.layers.{i}."
-    layer: tuple[Rule, ...]
-    config_to_hf: Callable[[ModelConfig], dict]  # raises JaxlmError when the model does not fit the layout
-    config_from_hf: Callable[[dict], dict]  # HF config.json -> the `model:` section of a jaxlm config
-    # Suffixes of HF entries that hold no weights (old checkpoints saved RoPE buffers).
-    ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
-    # Model code (in jaxlm/convert/hf_code) written beside the weights, for trust_remote_code.
-    code_files: tuple[str, ...] = ()
+__all__ = ["Family", "families", "family_for_hf", "family_for_model"]
 
 
 def families() -> dict[str, Family]:
-    from jaxlm.convert import llama, openelm, phi3
-
     return {f.model_type: f for f in (llama.FAMILY, llama.MISTRAL, phi3.FAMILY, openelm.FAMILY)}
 
 

@@ -13,8 +13,11 @@ Every transform is a reshape / transpose / split / concatenate: conversion is bi
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
+
+from jaxlm.model.config import ModelConfig
 
 Shape = tuple[int, ...]
 
@@ -134,3 +137,20 @@ class Rule:
     leaf: tuple[str, ...]
     hf: tuple[str, ...]
     transform: Transform
+
+
+# What an adapter is. Its explicit key map (`top` rules for whole-model tensors, `layer` rules under
+# `layer_prefix`) and its two config mappings. Rules whose jaxlm leaf the model lacks (lm_head when
+# tied, q_norm without QK-norm) are skipped, so the expected HF tensor set follows from the config.
+@dataclasses.dataclass(frozen=True)
+class Family:
+    model_type: str
+    top: tuple[Rule, ...]
+    layer_prefix: str  # e.g. "model.layers.{i}."
+    layer: tuple[Rule, ...]
+    config_to_hf: Callable[[ModelConfig], dict]  # raises JaxlmError when the model does not fit the layout
+    config_from_hf: Callable[[dict], dict]  # HF config.json -> the `model:` section of a jaxlm config
+    # Suffixes of HF entries that hold no weights (old checkpoints saved RoPE buffers).
+    ignored_suffixes: tuple[str, ...] = ("rotary_emb.inv_freq",)
+    # Model code (in jaxlm/convert/hf_code) written beside the weights, for trust_remote_code.
+    code_files: tuple[str, ...] = ()

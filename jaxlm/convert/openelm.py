@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numbers
 
-from jaxlm.convert.family import Family
+from jaxlm.convert.layout import Family
 from jaxlm.convert.hf_config import require, token_id
 from jaxlm.convert.layout import IDENTITY, OUT_PROJ, TRANSPOSE, QKV, GateUp, Rule
 from jaxlm.model import layerwise

@@ -1,8 +1,11 @@
-"""LoRA: low-rank adapters on a frozen (optionally quantized) base, merging, and PEFT export."""
+"""LoRA: low-rank adapters on a frozen (optionally quantized) base, and merging them into it.
+
+On disk: `jaxlm.checkpoint.lora_merged` writes a merged model dir, `jaxlm.convert.peft` exports
+the adapters in the Hugging Face PEFT format."""
 
 from jaxlm.lora.config import LoraConfig
 
-__all__ = ["LoraConfig", "LoraWeight", "apply_lora", "merge_lora", "has_lora", "export_peft"]
+__all__ = ["LoraConfig", "LoraWeight", "apply_lora", "merge_lora", "has_lora"]
 
 
 def __getattr__(name):  # lazy: the config section is imported by jaxlm.config without pulling in Flax
@@ -10,8 +13,4 @@ def __getattr__(name):  # lazy: the config section is imported by jaxlm.config w
         from jaxlm.lora import adapters
 
         return getattr(adapters, name)
-    if name == "export_peft":
-        from jaxlm.lora.peft import export_peft
-
-        return export_peft
     raise AttributeError(name)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxlm.model.config import LayerSpec
+from jaxlm.model.spec import LayerSpec
 from jaxlm.model.flops import layer_flops
 
 

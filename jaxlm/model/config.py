@@ -13,6 +13,9 @@ import functools
 from typing import Literal
 
 from jaxlm.errors import ConfigError
+from jaxlm.model.spec import LayerSpec
+
+__all__ = ["LayerSpec", "ModelConfig", "RopeScaling"]
 
 KernelImpl = Literal["auto", "xla", "pallas", "cudnn"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -29,15 +32,6 @@ class RopeScaling:
     original_max_position: int = 8192  # llama3 and longrope: the pre-training context
     short_factor: tuple[float, ...] = ()  # longrope: head_dim/2 per-frequency divisors
     long_factor: tuple[float, ...] = ()  # longrope: used when the sequence exceeds original_max_position
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSpec:
-    """Sizes of one decoder layer."""
-
-    num_query_heads: int
-    num_kv_heads: int
-    ffn_dim: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,10 @@ so MFU figures are comparable with PaLM / MaxText.
 
 from __future__ import annotations
 
-from jaxlm.model.config import ModelConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: config.py imports this module
+    from jaxlm.model.config import ModelConfig
 
 
 def layer_params(cfg: ModelConfig) -> list[int]:

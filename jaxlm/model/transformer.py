@@ -223,8 +223,7 @@ def param_count(model_or_state) -> int:
     layer buckets counts its real (unpadded) layers, not the zero padding."""
     cfg = getattr(model_or_state, "cfg", None)
     if isinstance(cfg, ModelConfig) and cfg.bucketed:
-        from jaxlm.model import abstract_params
-
-        return sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params(cfg.stored())))
+        stored = nnx.eval_shape(lambda: Transformer(cfg.stored(), rngs=nnx.Rngs(params=0)))
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(stored, nnx.Param)))
     state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
     return sum(math.prod(x.shape) for x in jax.tree.leaves(state))

@@ -139,8 +139,9 @@ def group_sizes(model) -> dict[str, int]:
     return out
 
 
-def describe_storage(run_cfg, ckpt_dir=None) -> str:
-    """Lines for `jaxlm model-info`: bytes of the quantized model (from shapes; on disk too if ckpt_dir)."""
+def describe_storage(run_cfg, disk_bytes: int | None = None) -> str:
+    """Lines for `jaxlm model-info`: bytes of the quantized model (from shapes), and `disk_bytes`, the size of
+    its saved params/ (`jaxlm.checkpoint.locate.params_disk_bytes`), when given."""
     q = run_cfg.quant
     model = abstract_quantized(run_cfg.model, q)
     rep = storage_report(model)
@@ -162,12 +163,6 @@ def describe_storage(run_cfg, ckpt_dir=None) -> str:
              f"  {rep['other_weights']:,} other parameters in {rep['other_bytes']:,} bytes",
              f"  whole model: {rep['total_bytes']:,} bytes ({rep['total_bytes'] / 2**20:.2f} MiB) = "
              f"{rep['bytes_per_param']:.3f} bytes per parameter"]
-    if ckpt_dir is not None:
-        from pathlib import Path
-
-        from jaxlm.checkpoint.locate import locate
-
-        params_dir = locate(ckpt_dir)[1]
-        disk = sum(f.stat().st_size for f in Path(params_dir).rglob("*") if f.is_file())
-        lines.append(f"  on disk (params/, Orbax files incl. metadata): {disk:,} bytes")
+    if disk_bytes is not None:
+        lines.append(f"  on disk (params/, Orbax files incl. metadata): {disk_bytes:,} bytes")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Training: config sections, optimizer, loss, the sharded train step, checkpoints, metrics, the loop."""
 
-from jaxlm.training.config import CheckpointConfig, MeshConfig, TrainConfig
+from jaxlm.config.train import CheckpointConfig, MeshConfig, TrainConfig
 
 __all__ = ["CheckpointConfig", "MeshConfig", "TrainConfig", "train"]
 

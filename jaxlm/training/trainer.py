@@ -27,7 +27,8 @@ from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
 from jaxlm.model import flops
 from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.training import run_dir as rd
-from jaxlm.checkpoint.run_checkpoints import CorruptCheckpoint, RunCheckpoints
+from jaxlm.checkpoint.metadata import CorruptCheckpoint
+from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
 from jaxlm.training.run_lock import locked_run_dir

@@ -1,4 +1,5 @@
-"""Config sections of a training run: `train`, `checkpoint` and `mesh` in RunConfig.
+"""Config sections of a training run: `train`, `checkpoint` and `mesh` in RunConfig (read by the trainer,
+`jaxlm compile` and the CLI, so they sit with the run config, below every package that reads them).
 
 Every field is commented; defaults follow OpenELM's CoreNet recipe where one applies
 (AdamW betas (0.9, 0.95), eps 1e-8, weight decay 0.1, cosine to 0.1 x peak, clip 1.0, z-loss 1e-4).

@@ -14,16 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.convert.family import family_for_model
 from jaxlm.errors import JaxlmError
-from jaxlm.outputs import check_output, output_path
 from jaxlm.lora.adapters import LoraWeight, lora_weights
 from jaxlm.lora.config import TARGETS, LoraConfig
+from jaxlm.outputs import check_output, output_path
 
 
 def peft_tensors(model, family=None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The adapter tensors under PEFT key names, and the HF module names they target."""
-    from jaxlm.convert.family import family_for_model
-
     family = family or family_for_model(model.cfg)
     rules = {rule.leaf: rule for rule in family.layer}
     tensors, modules = {}, set()
