@@ -198,3 +198,40 @@ def test_vocab_check():
         check_vocab(2000, _Sized(2048))
     with pytest.raises(ConfigError, match="set model.vocab_size=2048"):
         check_vocab(4096, _Sized(2048))
+
+
+def test_a_tiktoken_configured_run_trains_validates_and_reports_stats_with_that_tokenizer(tmp_path, capsys, ranks):
+    """A folder holding a tokenizer.json *and* a tiktoken tokenizer.model: auto would open the
+    tokenizer.json, data.tokenizer_kind=tiktoken says the rank file, and every command must agree."""
+    import json
+
+    import yaml
+    from hf_tokenizer_helpers import LLAMA3_SPECIALS, train_bpe
+
+    from jaxlm.inference.api import load
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    write_ranks(folder / "tokenizer.model", ranks)
+    train_bpe(LLAMA3_SPECIALS, vocab_size=300, files=1).save(str(folder / "tokenizer.json"))
+    assert load_tokenizer(folder).kind != "tiktoken"  # what ignoring tokenizer_kind would read
+    tok = load_tokenizer(folder, "tiktoken")
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "inherit": str(ASSETS_DIR.parent / "configs" / "default.yaml"),
+        "model": {"vocab_size": tok.vocab_size, "num_layers": 2, "model_dim": 64},
+        "data": {"tokenizer": str(folder), "tokenizer_kind": "tiktoken"},
+        "train": {"steps": 2, "batch_size": 8, "seq_len": 32, "log_every": 1, "eval_every": 2, "eval_batches": 2,
+                  "out_dir": str(out), "sample_prompt": ""},
+        "checkpoint": {"every": 2}, "mesh": {"data": -1}}))
+    capsys.readouterr()
+    assert main(["data", "stats", str(cfg), "--max-batches", "2"]) == 0
+    assert f"(tiktoken, {tok.vocab_size} ids" in capsys.readouterr().out
+    assert main(["train", str(cfg)]) == 0, capsys.readouterr().err
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 2 and record["val_tokens"] == 2 * 8 * 32
+    reloaded = load(out).tokenizer
+    assert reloaded.kind == "tiktoken" and reloaded.vocab_size == tok.vocab_size
+    sample = (HELD_BACK.read_text())[:2000]
+    assert reloaded.encode(sample) == tok.encode(sample)
