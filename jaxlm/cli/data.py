@@ -1,4 +1,5 @@
-"""`jaxlm data stats CONFIG`: documents, tokens, filter drops and tokens/s of the data pipeline."""
+"""`jaxlm data stats CONFIG`: documents, tokens, filter drops and tokens/s of the data pipeline.
+`jaxlm data prepare CONFIG --out DIR`: tokenize and pack data.sources once; train with data.prepared=DIR."""
 
 from __future__ import annotations
 
@@ -16,6 +17,36 @@ def register(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=8)
     s.add_argument("--max-batches", type=positive_int, default=None, help="stop early after this many batches")
     s.set_defaults(func=run_stats)
+    pr = dsub.add_parser("prepare", help="tokenize and pack data.sources once into DIR; then train with "
+                                         "--set data.prepared=DIR")
+    add_config_args(pr, required=True)
+    pr.add_argument("--out", required=True, help="the folder to write (refused if it exists, unless --overwrite)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    pr.set_defaults(func=run_prepare)
+
+
+def run_prepare(args) -> int:
+    import time
+
+    from jaxlm.config import load_run_config
+    from jaxlm.data.prepared import prepare
+    from jaxlm.training.run_dir import load_run_tokenizer
+    from jaxlm.tokenizer import check_vocab
+
+    cfg = load_run_config(args.config, args.overrides)
+    tok = load_run_tokenizer(cfg)
+    check_vocab(cfg.model.vocab_size, tok)
+    t0 = time.perf_counter()
+    meta = prepare(cfg.data, tok, args.out, seq_len=cfg.train.seq_len, overwrite=args.overwrite)
+    seconds = time.perf_counter() - t0
+    rows = sum(s["rows"] for s in meta["sources"])
+    for s in meta["sources"]:
+        print(f"{s['label']}: {s['rows']:,} rows of {meta['seq_len']} ({s['stats'].get('documents', 0):,} documents, "
+              f"{s['stats'].get('tokens', 0):,} tokens)")
+    print(f"wrote {args.out}: {rows:,} rows, {rows * meta['seq_len']:,} positions in {seconds:.1f} s "
+          f"({meta['tokenizer']['kind']} tokenizer, {meta['tokenizer']['vocab_size']} ids); train with "
+          f"--set data.prepared={args.out}")
+    return 0
 
 
 def run_stats(args) -> int:

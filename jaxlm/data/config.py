@@ -68,6 +68,8 @@ class DataConfig:
     shuffle_window: int = 512  # rows per source shuffled together (1: keep stream order)
     on_bad_record: Literal["skip", "error"] = "skip"  # unreadable/empty file, bad JSONL line, non-UTF-8 text
     prefetch: int = 4  # batches prepared ahead by a background thread (0: none)
+    prepared: str | None = None  # a folder from `jaxlm data prepare`: training reads its packed rows instead of
+    # tokenizing data.sources on the fly (same source names; the mixture weights and phases still apply)
 
     def __post_init__(self):
         if not self.sources:

@@ -23,9 +23,9 @@ import grain
 import numpy as np
 from grain.experimental import ThreadPrefetchDatasetIterator
 
-from jaxlm.data import packing, sources
+from jaxlm.data import packing
 from jaxlm.data.config import DataConfig, SourceConfig
-from jaxlm.data.stream import SourceStream
+from jaxlm.data.stream import SourceStream, make_streams
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.tokenizer import Tokenizer
 
@@ -38,26 +38,6 @@ def _close_live() -> None:
     # Stop prefetch threads while the interpreter is still whole (Grain's __del__ fails at shutdown).
     for it in list(_LIVE):
         it.close()
-
-
-def _streams(cfg: DataConfig, srcs: tuple[SourceConfig, ...], tokenizer: Tokenizer, *, seq_len: int, seed: int,
-             train: bool, process_index: int, process_count: int) -> list[SourceStream]:
-    if seq_len < 1:
-        raise ConfigError(f"seq_len must be >= 1, got {seq_len}")
-    if not 0 <= process_index < process_count:
-        raise ConfigError(f"process_index {process_index} is outside [0, {process_count})")
-    min_chars, min_tokens, dedup = cfg.filters.resolved()
-    out = []
-    for i, src in enumerate(srcs):
-        files = sources.list_files(src)
-        if cfg.on_bad_record == "error":
-            sources.check_files(src, files)
-        out.append(SourceStream(
-            src, files, tokenizer, source_index=i, seq_len=seq_len, mode=cfg.mode, add_bos=cfg.add_bos,
-            add_eos=cfg.add_eos, min_chars=min_chars, min_tokens=min_tokens, dedup=dedup, seed=seed,
-            shuffle=cfg.shuffle and train, shuffle_window=cfg.shuffle_window, repeat=train,
-            on_bad_record=cfg.on_bad_record, process_index=process_index, process_count=process_count))
-    return out
 
 
 class _Batches(grain.DatasetIterator):
@@ -166,8 +146,14 @@ class BatchIterator:
 
 def make_batch_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
                         process_index: int = 0, process_count: int = 1) -> BatchIterator:
-    """Endless training batches for this process (batch_size rows per process) from data_cfg.sources."""
-    streams = _streams(data_cfg, data_cfg.sources, tokenizer, seq_len=seq_len, seed=seed, train=True,
+    """Endless training batches for this process (batch_size rows per process) from data_cfg.sources, or
+    from the rows `jaxlm data prepare` wrote to data_cfg.prepared (jaxlm.data.prepared)."""
+    if data_cfg.prepared:
+        from jaxlm.data.prepared import PreparedBatches
+
+        return PreparedBatches(data_cfg, tokenizer, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                               process_index=process_index, process_count=process_count)
+    streams = make_streams(data_cfg, data_cfg.sources, tokenizer, seq_len=seq_len, seed=seed, train=True,
                        process_index=process_index, process_count=process_count)
     return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, data_cfg.phase_weights()),
                          data_cfg.prefetch)
@@ -184,7 +170,7 @@ def make_eval_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: i
     srcs = sources_ if sources_ is not None else data_cfg.validation
     if not srcs:
         raise ConfigError("data.validation is empty; add a held-out source (e.g. path: bundled:corpus/valid)")
-    streams = _streams(data_cfg, srcs, tokenizer, seq_len=seq_len, seed=0, train=False,
+    streams = make_streams(data_cfg, srcs, tokenizer, seq_len=seq_len, seed=0, train=False,
                        process_index=process_index, process_count=process_count)
     return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, None, num_batches),
                          data_cfg.prefetch)

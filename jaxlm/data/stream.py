@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.data import filters, packing
-from jaxlm.data.config import SourceConfig
+from jaxlm.data import filters, packing, sources
+from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import DocumentReader
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.tokenizer import Tokenizer
 
 
@@ -194,3 +194,24 @@ class SourceStream:
         if state["taken"]:
             self._fill_window()
             self._taken = int(state["taken"])
+
+
+def make_streams(cfg: DataConfig, srcs: tuple[SourceConfig, ...], tokenizer: Tokenizer, *, seq_len: int, seed: int,
+                 train: bool, process_index: int, process_count: int) -> list[SourceStream]:
+    """One stream per source of `srcs`: training (shuffled, repeating) or one pass in file order."""
+    if seq_len < 1:
+        raise ConfigError(f"seq_len must be >= 1, got {seq_len}")
+    if not 0 <= process_index < process_count:
+        raise ConfigError(f"process_index {process_index} is outside [0, {process_count})")
+    min_chars, min_tokens, dedup = cfg.filters.resolved()
+    out = []
+    for i, src in enumerate(srcs):
+        files = sources.list_files(src)
+        if cfg.on_bad_record == "error":
+            sources.check_files(src, files)
+        out.append(SourceStream(
+            src, files, tokenizer, source_index=i, seq_len=seq_len, mode=cfg.mode, add_bos=cfg.add_bos,
+            add_eos=cfg.add_eos, min_chars=min_chars, min_tokens=min_tokens, dedup=dedup, seed=seed,
+            shuffle=cfg.shuffle and train, shuffle_window=cfg.shuffle_window, repeat=train,
+            on_bad_record=cfg.on_bad_record, process_index=process_index, process_count=process_count))
+    return out
