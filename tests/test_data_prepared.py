@@ -100,6 +100,23 @@ def test_resume_at_random_steps_continues_exactly_and_reads_no_earlier_row(prepa
         assert resumed.rows_read == ref.rows_read[at * 4:]  # only the rows of the batches after the state
 
 
+def test_a_state_saved_by_2_processes_resumes_exactly_on_4(prepared, tok):
+    cfg, _ = prepared
+    two = PreparedBatches(cfg, tok, seq_len=SEQ, batch_size=4, seed=2, process_index=0, process_count=2)
+    single = PreparedBatches(cfg, tok, seq_len=SEQ, batch_size=8, seed=2)
+    for _ in range(7):
+        next(two), next(single)
+    state = two.get_state()
+    four = [PreparedBatches(cfg, tok, seq_len=SEQ, batch_size=2, seed=2, process_index=p, process_count=4)
+            for p in range(4)]
+    for p in four:
+        p.set_state(state)
+    for _ in range(3):
+        want = next(single)
+        got = [next(p) for p in four]
+        np.testing.assert_array_equal(np.concatenate([g["inputs"] for g in got]), want["inputs"])
+
+
 def test_mixture_weights_and_phases_apply_to_prepared_rows(prepared, tok):
     cfg, _ = prepared
     it = PreparedBatches(cfg, tok, seq_len=SEQ, batch_size=8, seed=0)

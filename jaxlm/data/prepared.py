@@ -18,7 +18,7 @@ row in a per-epoch permutation seeded by (seed, source, epoch). Process p reads 
 [p * B, (p + 1) * B) of each global batch (B = rows per process), so together the processes read
 each global batch exactly once, and each reads only its own rows. The state is the batch index,
 the interleave's counts and the rows taken per source: resuming costs nothing and reads no earlier
-row. One permutation per source epoch is held in memory (4 bytes per row).
+row, on any number of processes. One permutation per source epoch is held in memory (4 bytes per row).
 """
 
 from __future__ import annotations
@@ -94,7 +94,11 @@ def read_meta(path: str | Path) -> dict:
 
 
 class PreparedBatches:
-    """Endless training batches for one process from a prepared folder; get_state / set_state resume."""
+    """Endless training batches for one process from a prepared folder; get_state / set_state resume.
+    The state describes the global stream, the same on every process, so a state saved by N processes
+    resumes exactly on M (`global_state`)."""
+
+    global_state = True
 
     def __init__(self, data_cfg: DataConfig, tokenizer: Tokenizer | None, *, seq_len: int, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1):

@@ -135,6 +135,8 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eva
         params, rest = take_like(full, params_abs), drop_like(full, params_abs)
         if len(meta["data_state"]) == pc:
             batches.set_state(meta["data_state"][pi])
+        elif getattr(batches, "global_state", False):  # prepared rows: one stream for any number of processes
+            batches.set_state(meta["data_state"][0])
         else:  # the job's process count changed: the data order cannot continue exactly
             batches.set_state(start_state)
             notes.append(f"checkpoint written by {len(meta['data_state'])} processes, now {pc}: data restarts "
