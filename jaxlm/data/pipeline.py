@@ -23,7 +23,7 @@ import grain
 import numpy as np
 from grain.experimental import ThreadPrefetchDatasetIterator
 
-from jaxlm.data import packing
+from jaxlm.data import mixture, packing
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.stream import SourceStream, make_streams
 from jaxlm.errors import ConfigError, JaxlmError
@@ -51,14 +51,8 @@ class _Batches(grain.DatasetIterator):
         self.step, self.phase, self.counts, self.current = 0, 0, [0] * len(streams), 0
 
     def _pick(self) -> int:
-        """Source of the next row: argmax of (share owed - rows given); exact to within one row."""
-        phase = max(i for i, (start, _) in enumerate(self.phases) if start <= self.step)
-        if phase != self.phase:
-            self.phase, self.counts = phase, [0] * len(self.streams)
-        weights = self.phases[phase][1]
-        n = sum(self.counts) + 1
-        k = max((i for i, w in enumerate(weights) if w > 0), key=lambda i: (weights[i] * n - self.counts[i], -i))
-        self.counts[k] += 1
+        """Source of the next row (jaxlm.data.mixture)."""
+        k, self.phase, self.counts = mixture.pick(self.phases, self.step, self.phase, self.counts)
         return k
 
     def __next__(self) -> dict[str, np.ndarray]:

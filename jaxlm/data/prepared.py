@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.data import packing
+from jaxlm.data import mixture, packing
 from jaxlm.data.config import DataConfig
 from jaxlm.data.stream import make_streams
 from jaxlm.errors import ConfigError, JaxlmError
@@ -133,14 +133,8 @@ class PreparedBatches:
         return self
 
     def _pick(self) -> int:
-        """As the on-the-fly pipeline: argmax of (share owed - rows given), per phase."""
-        phase = max(i for i, (start, _) in enumerate(self.phases) if start <= self.step)
-        if phase != self.phase:
-            self.phase, self.counts = phase, [0] * len(self.rows)
-        weights = self.phases[phase][1]
-        n = sum(self.counts) + 1
-        k = max((i for i, w in enumerate(weights) if w > 0), key=lambda i: (weights[i] * n - self.counts[i], -i))
-        self.counts[k] += 1
+        """Source of the next row: the on-the-fly pipeline's rule (jaxlm.data.mixture)."""
+        k, self.phase, self.counts = mixture.pick(self.phases, self.step, self.phase, self.counts)
         return k
 
     def _row_index(self, k: int, c: int) -> int:
