@@ -105,8 +105,8 @@ class PreparedBatches:
         root = Path(data_cfg.prepared)
         meta = read_meta(root)
         if meta["seq_len"] != seq_len:
-            raise ConfigError(f"data.prepared {root} holds rows of {meta['seq_len']} tokens, train.seq_len is {seq_len}; "
-                              f"set train.seq_len={meta['seq_len']} or prepare the data again")
+            raise ConfigError(f"data.prepared {root} holds rows of {meta['seq_len']} tokens, train.seq_len is "
+                              f"{seq_len}; set train.seq_len={meta['seq_len']} or prepare the data again")
         if tokenizer is not None and meta["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
             raise ConfigError(f"data.prepared {root} was tokenized with another tokenizer ({meta['tokenizer']['kind']}, "
                               f"{meta['tokenizer']['vocab_size']} ids) than data.tokenizer; prepare it again or point "

@@ -47,7 +47,7 @@ class RunLock:
             holder = _read(fd)
             if held or _alive(holder):
                 os.close(fd)
-                raise JaxlmError(f"run dir {run_dir} in use by {_describe(holder)} ({path}); wait for that run to "
+                raise JaxlmError(f"run dir {run_dir} in use by {describe_holder(holder)} ({path}); wait for that run to "
                                  f"end or stop it, or choose another train.out_dir") from None
         stale = _read(fd)
         os.ftruncate(fd, 0)
@@ -109,7 +109,7 @@ def _alive(holder: dict | None) -> bool:
     return True
 
 
-def _describe(holder: dict | None) -> str:
+def describe_holder(holder: dict | None) -> str:
     if not holder:
         return "another trainer"
     return f"PID {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"

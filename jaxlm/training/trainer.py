@@ -6,9 +6,10 @@ Every check that can fail on bad input (mesh vs devices, batch vs mesh, checkpoi
 the first batch is read before anything else) runs before anything is written to the run directory
 (only its lock, `train.lock`, which goes again with the directory if the run made it: run_lock.py).
 One trainer at a time holds a run dir. SIGTERM and Ctrl-C stop every process after the same step,
-with a checkpoint (stop.py); every process resumes the step that process 0 finds. A resume whose newest checkpoint is damaged falls back to the newest step that loads, with a
-warning (the damaged step is kept aside as `<step>.corrupt`). Only process 0 writes logs and files;
-every process takes part in checkpoint saves (each writes its own shards).
+with a checkpoint (stop.py); every process resumes the step that process 0 finds. A resume whose
+newest checkpoint is damaged falls back to the newest step that loads, with a warning (the damaged
+step is kept aside as `<step>.corrupt`). Only process 0 writes logs and files; every process takes
+part in checkpoint saves (each writes its own shards).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from jaxlm.checkpoint.metadata import CorruptCheckpoint
 from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
-from jaxlm.training.run_lock import locked_run_dir
+from jaxlm.training.run_lock import describe_holder, locked_run_dir
 from jaxlm.training.state import drop_like, merge_trees, split_model, take_like
 from jaxlm.training.step import BATCH_KEYS
 from jaxlm.training.stop import StopRequests
@@ -126,7 +127,7 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eva
 
     notes: list[str] = []
     if lock is not None and lock.stale:
-        notes.append(f"took over {lock.path} from {_holder(lock.stale)}, which is no longer running")
+        notes.append(f"took over {lock.path} from {describe_holder(lock.stale)}, which is no longer running")
     if resume_step is not None:
         ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done,
                                                         *program.checkpoint_abstract(), notes)
@@ -310,7 +311,3 @@ def _place(tree, shardings):
         return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
 
     return jax.tree.map(put, tree, shardings)
-
-
-def _holder(record: dict) -> str:
-    return f"PID {record.get('pid')} on {record.get('host')}"

@@ -41,8 +41,7 @@ class Validation:
             for s in jax.device_get(sums):
                 ce, tokens = ce + float(s["ce"]), tokens + float(s["tokens"])
         finally:
-            if hasattr(it, "close"):
-                it.close()
+            _close(it)
         loss = ce / max(tokens, 1.0)
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_tokens": int(tokens)}
 
@@ -63,25 +62,29 @@ def make_validation(run_cfg, program, batch_sharding, tokenizer, eval_source, lo
                               "train.eval_every=0")
         from jaxlm.data import make_eval_iterator
 
-        def eval_source(p, n, b, num_batches=None):
-            return make_eval_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=b, process_index=p,
-                                      process_count=n, num_batches=num_batches)
-
-        fixed = lambda n: (lambda: eval_source(pi, pc, local_batch, n))  # noqa: E731
+        def one_pass(num_batches=None):  # make_eval_iterator pads to num_batches itself
+            return make_eval_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=local_batch,
+                                      process_index=pi, process_count=pc, num_batches=num_batches)
     else:
-        fixed = lambda n: (lambda: _exactly(eval_source(pi, pc, local_batch), n))  # noqa: E731
+        def one_pass(num_batches=None):
+            batches = eval_source(pi, pc, local_batch)
+            return batches if num_batches is None else _exactly(batches, num_batches)
     count = tc.eval_batches
     if not count:
-        it = eval_source(pi, pc, local_batch)
+        it = one_pass()
         try:
             count = sum(1 for _ in it)
         finally:
-            if hasattr(it, "close"):
-                it.close()
+            _close(it)
         count = int(distributed.max_over_processes_async(count))
     if count == 0:
         raise ConfigError("data.validation yields no batch; add held-out text to it, or set train.eval_every=0")
-    return Validation(fixed(count), count, program.eval_fn, batch_sharding)
+    return Validation(lambda: one_pass(count), count, program.eval_fn, batch_sharding)
+
+
+def _close(it) -> None:
+    if hasattr(it, "close"):  # a BatchIterator's prefetch thread, or a generator
+        it.close()
 
 
 def _exactly(batches, n: int):
