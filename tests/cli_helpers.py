@@ -20,9 +20,20 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = REPO / "jaxlm" / "configs" / "default.yaml"
 
 
+# LLVM's optimisation level for XLA:CPU in tests: the tests' programs are tiny, so compiling them
+# is most of the suite's time, and -O0 code generation compiles about 1.6x faster. It changes how
+# XLA's kernels are compiled, not what the programs compute (HLO passes are unaffected).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int = 1) -> str:
+    """XLA_FLAGS for a test process: `devices` virtual CPU devices, fast compilation."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+
+
 def cli_env(**extra) -> dict:
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device: the conftest's 8 virtual devices are for mesh tests
+    env["XLA_FLAGS"] = xla_flags(1)  # one CPU device: the conftest's 8 virtual devices are for mesh tests
     env.pop("JAXLM_DEBUG", None)
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
     return env

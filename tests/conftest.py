@@ -3,7 +3,9 @@
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from cli_helpers import xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the test session, its xdist workers and the `jaxlm`
 # subprocesses they start (inherited through the environment): most CLI tests train or decode the

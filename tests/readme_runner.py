@@ -2,7 +2,7 @@
 test_readme: python readme_runner.py < commands.json, in the directory the commands run in.
 
 stdin: a JSON list of {"argv": [...], "stdin": str | null, "make_lora": [run_dir, out] | null}.
-stdout: one JSON line per command: {"argv", "rc", "stderr"}; it stops at the first failure.
+stdout: one JSON line per command: {"argv", "rc", "s" (seconds), "stderr"}; it stops at the first failure.
 One process shares the imports, JAX's start-up and compiled programs between the commands; what
 each command prints still goes through the CLI's own code path, with tracebacks kept (JAXLM_DEBUG).
 """
@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import time
 import traceback
 
 
@@ -40,6 +41,7 @@ def main() -> int:
         if cmd.get("make_lora"):
             make_lora(*cmd["make_lora"])
         err = io.StringIO()
+        t0 = time.perf_counter()
         sys.stdin = io.StringIO(cmd.get("stdin") or "")
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
             try:
@@ -49,7 +51,8 @@ def main() -> int:
             except BaseException:
                 traceback.print_exc()
                 rc = 1
-        print(json.dumps({"argv": cmd["argv"], "rc": rc, "stderr": err.getvalue()[-3000:]}), file=real_stdout,
+        print(json.dumps({"argv": cmd["argv"], "rc": rc, "s": round(time.perf_counter() - t0, 1),
+                          "stderr": err.getvalue()[-3000:]}), file=real_stdout,
               flush=True)
         if rc:
             return 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from cli_helpers import xla_flags
 from flax import nnx
 
 from jaxlm.checkpoint import load_model
@@ -23,7 +24,7 @@ STEPS = 20
 
 def _env(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               XLA_FLAGS=xla_flags(1),
                # Restarts reuse the compiled step (same executable, so the same numbers).
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import xla_flags
 
 
 # ~50 s of CPU (most of it compiling the train step and ten scorers); the pieces are covered by the fast
@@ -15,7 +16,7 @@ def test_quant_study_toy_writes_table_plot_and_int8_is_within_1pct(repo_root, tm
     out = tmp_path / "qs"
     proc = subprocess.run([sys.executable, str(repo_root / "experiments" / "quant_study.py"), "--toy", "--out",
                            str(out)], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                          env={**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((out / "quant_study.json").read_text())
     rows = {(r["bits"], r["method"]): r for r in result["rows"]}

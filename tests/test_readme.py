@@ -69,6 +69,8 @@ def test_every_readme_command_runs(tmp_path):
     r = subprocess.run([sys.executable, str(Path(__file__).with_name("readme_runner.py"))], cwd=tmp_path,
                        input=json.dumps(commands), capture_output=True, text=True, timeout=900, env=cli_env())
     done = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    for cmd in sorted(done, key=lambda c: -c["s"])[:8]:  # shown with pytest -s: where the test's time goes
+        print(f"{cmd['s']:6.1f} s  jaxlm {shlex.join(cmd['argv'])[:100]}")
     for cmd in done:
         assert cmd["rc"] == 0 and "Traceback" not in cmd["stderr"], \
             f"README command `jaxlm {shlex.join(cmd['argv'])}` failed ({cmd['rc']}):\n{cmd['stderr']}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import cli_env, jaxlm, tiny_run_yaml
+from cli_helpers import cli_env, jaxlm, tiny_run_yaml, xla_flags
 
 from jaxlm.checkpoint.locate import finished_steps
 from jaxlm.errors import JaxlmError
@@ -46,7 +46,7 @@ def test_a_dead_trainers_lock_is_taken_over(tmp_path):
 def test_a_second_trainer_on_a_run_in_use_exits_2_and_the_first_finishes_untouched(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", SLOW_BATCHES="0.3",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     first = subprocess.Popen([sys.executable, str(REPO / "tests" / "train_helpers.py"), str(out), "60", "1,1,1"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

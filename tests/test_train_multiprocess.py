@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from cli_helpers import xla_flags
 from flax import nnx
 from train_helpers import eval_batches, tiny_run_config, token_batches
 
@@ -35,7 +36,7 @@ def _start(out: Path, *overrides: str, **env_extra) -> list[subprocess.Popen]:
     procs = []
     for i in range(2):
         env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                   XLA_FLAGS=xla_flags(4),
                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i),
                    **env_extra)
         cmd = [sys.executable, str(REPO / "tests" / "train_helpers.py"), str(out), str(STEPS), "4,2,1",
