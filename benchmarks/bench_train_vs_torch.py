@@ -1,21 +1,27 @@
 """Train-step throughput: jaxlm (jitted step) vs PyTorch (transformers LlamaForCausalLM, AdamW, eager).
 
     python benchmarks/bench_train_vs_torch.py [--config tiny_uniform] [--batch 16] [--seq-len 128] [--steps 20]
+        [--dtype float32|bfloat16] [--rounds 3] [--force]
 
 Same architecture (Llama layout: GQA, SwiGLU, RMSNorm, RoPE, tied embeddings), sizes, batch,
 sequence length, float32 and AdamW on both sides; random tokens. Each side runs warm-up steps
 (JAX: compilation), then the timed steps; the two sides alternate for `--rounds` rounds and
-the best round of each is reported, with the ratio jaxlm / torch. CPU threads: what each
-framework picks by default on this machine (reported).
+the median round of each is reported, with the ratio jaxlm / torch. PyTorch runs at the faster
+of 1 thread and all cores; the results file is written only on a quiet machine (benchmarks/quiet.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quiet  # noqa: E402  (benchmarks/quiet.py)
 
 
 def jax_runner(run_cfg, batch: int, seq: int):
@@ -53,7 +59,7 @@ def jax_runner(run_cfg, batch: int, seq: int):
     return run
 
 
-def torch_runner(model_cfg, batch: int, seq: int, lr: float):
+def torch_runner(model_cfg, batch: int, seq: int, lr: float, dtype: str = "float32"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -73,53 +79,77 @@ def torch_runner(model_cfg, batch: int, seq: int, lr: float):
         t0 = time.perf_counter()
         for _ in range(n):
             x = torch.randint(0, model_cfg.vocab_size, (batch, seq + 1), generator=gen)
-            out = model(input_ids=x[:, :-1], labels=None)
-            loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), x[:, 1:].reshape(-1))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                out = model(input_ids=x[:, :-1], labels=None)
+            loss = torch.nn.functional.cross_entropy(out.logits.float().reshape(-1, cfg.vocab_size),
+                                                     x[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         return time.perf_counter() - t0
 
-    return run, torch.get_num_threads(), sum(p.numel() for p in model.parameters())
+    return run, sum(p.numel() for p in model.parameters())
 
 
-def main() -> None:
+def main() -> int:
     from jaxlm.config import load_run_config
+    from jaxlm.model import abstract_model, param_count
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="tiny_uniform")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="compute dtype of both sides (parameters and AdamW stay float32; torch: CPU autocast)")
+    ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/train_vs_torch[_bf16].md)")
+    quiet.add_args(ap)
     args = ap.parse_args()
-    run_cfg = load_run_config(args.config, ["model.attention_impl=xla", "model.norm_impl=xla"])
+    watch = quiet.LoadWatch()
+    run_cfg = load_run_config(args.config, ["model.attention_impl=xla", "model.norm_impl=xla",
+                                            f"model.compute_dtype={args.dtype}", "model.param_dtype=float32"])
     if not run_cfg.model.uniform:
         raise SystemExit("the PyTorch side is a Llama: use a config with uniform layers (e.g. tiny_uniform)")
-    from jaxlm.model import param_count, abstract_model
 
     jrun = jax_runner(run_cfg, args.batch, args.seq_len)
-    trun, threads, torch_params = torch_runner(run_cfg.model, args.batch, args.seq_len, run_cfg.train.lr)
+    trun, torch_params = torch_runner(run_cfg.model, args.batch, args.seq_len, run_cfg.train.lr, args.dtype)
     t0 = time.perf_counter()
     jrun(2)
     jax_warm = time.perf_counter() - t0
-    trun(2)
-    best = {"jax": float("inf"), "torch": float("inf")}
-    for _ in range(args.rounds):
-        best["jax"] = min(best["jax"], jrun(args.steps))
-        best["torch"] = min(best["torch"], trun(args.steps))
+    threads = quiet.best_torch_threads(lambda: trun(2), repeats=1)
+    times = quiet.interleaved({"jaxlm": lambda: jrun(args.steps), "torch": lambda: trun(args.steps)}, args.rounds)
+    watch.stop()
     tokens = args.batch * args.seq_len * args.steps
-    jtps, ttps = tokens / best["jax"], tokens / best["torch"]
-    print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); torch threads {threads}")
-    print(f"model {args.config}: jaxlm {param_count(abstract_model(run_cfg.model)):,} params, torch {torch_params:,}; "
-          f"batch {args.batch} x seq {args.seq_len}, float32, AdamW; {args.steps} steps x {args.rounds} rounds (best)")
-    print(f"jaxlm first 2 steps (incl. compile): {jax_warm:.1f} s")
-    print(f"| framework | tokens/s | ms/step |\n|---|---|---|")
-    print(f"| jaxlm (jax.jit) | {jtps:,.0f} | {1000 * best['jax'] / args.steps:.1f} |")
-    print(f"| PyTorch eager (transformers Llama) | {ttps:,.0f} | {1000 * best['torch'] / args.steps:.1f} |")
-    print(f"ratio jaxlm / torch: {jtps / ttps:.2f}x")
+    rate = {k: tokens / quiet.median(v) for k, v in times.items()}
+    ratios = [tj / tt for tj, tt in zip(times["torch"], times["jaxlm"])]
+    lines = [
+        f"# Train step: jaxlm vs PyTorch eager ({args.dtype})", "",
+        f"Command: `{quiet.command()}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        f"Hardware: {quiet.hardware()}; jax {jax.__version__} ({jax.default_backend()}), torch "
+        f"{_torch_version()}; {watch.line()}.",
+        f"Model `{args.config}`: jaxlm {param_count(abstract_model(run_cfg.model)):,} parameters, the transformers "
+        f"Llama {torch_params:,}; batch {args.batch} x seq {args.seq_len}, compute {args.dtype}, float32 "
+        f"parameters, AdamW, clipping 1.0. {args.steps} steps per side per round, {args.rounds} rounds "
+        f"interleaved; the median round is reported. torch threads: {threads} (the faster of 1 and all cores); "
+        f"jaxlm compiled its step in {jax_warm:.1f} s (first 2 steps, not counted).", "",
+        "| framework | tokens/s (median) | ms/step | every round (s) |", "| --- | ---: | ---: | --- |",
+        f"| jaxlm (jax.jit) | {rate['jaxlm']:,.0f} | {1e3 * tokens / rate['jaxlm'] / args.batch / args.seq_len:.1f} "
+        f"| {', '.join(f'{t:.2f}' for t in times['jaxlm'])} |",
+        f"| PyTorch eager (transformers Llama) | {rate['torch']:,.0f} | "
+        f"{1e3 * tokens / rate['torch'] / args.batch / args.seq_len:.1f} | {', '.join(f'{t:.2f}' for t in times['torch'])} |",
+        "", f"**jaxlm / torch: {rate['jaxlm'] / rate['torch']:.2f}x** (per round: "
+            f"{', '.join(f'{r:.2f}x' for r in ratios)}).", ""]
+    suffix = "" if args.dtype == "float32" else "_bf16"
+    out = Path(args.out or Path(__file__).parent / "results" / f"train_vs_torch{suffix}.md")
+    return quiet.write_results(out, "\n".join(lines), watch, args.force)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -30,11 +30,18 @@ import numpy as np
 from flax import nnx
 from jax.experimental import io_callback
 
+from jaxlm import ops
 from jaxlm.errors import JaxlmError
 from jaxlm.inference.sampling import SamplingParams, next_token
 from jaxlm.model import kv_cache
+from jaxlm.model.unstack import unstacked
 
 BUCKET = 32
+# Layer layout for generation per target platform ("auto"). cpu (measured, docs/inference.md): a
+# scanned decode step copies each layer's weights out of the stack (cost analysis: 3x the weight
+# bytes), unrolled reads them once. gpu / tpu (reasoned, unmeasured): their compilers feed a
+# dynamic slice straight into the matmul, and a scan keeps compile time flat in depth.
+LAYERS = {"cpu": "unroll", "gpu": "scan", "tpu": "scan"}
 CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 # on_token(step, tokens (B,) np.int32, done (B,) np.bool_) -> True to stop early.
 TokenCallback = Callable[[int, np.ndarray, np.ndarray], "bool | None"]
@@ -68,9 +75,14 @@ def round_up(n: int, m: int) -> int:
 class Engine:
     """Holds a model's split state and its compiled prefill / decode programs."""
 
-    def __init__(self, model: nnx.Module, cache_dtype: str = "auto", vocab_limit: int | None = None):
+    def __init__(self, model: nnx.Module, cache_dtype: str = "auto", vocab_limit: int | None = None,
+                 layers: str = "auto"):
+        """layers: "scan" runs each group of stacked layers as one lax.scan; "unroll" gives every layer
+        its own weights (`jaxlm.model.unstack`, a one-time copy) so a decode step reads each weight once
+        on XLA:CPU; "auto" = the `LAYERS` entry of the target platform."""
         if cache_dtype not in CACHE_DTYPES:
             raise JaxlmError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
+        model = decode_layout(model, layers)
         self.cfg = model.cfg
         self.cache_dtype = self.cfg.compute_dtype if cache_dtype == "auto" else cache_dtype
         self.vocab_limit = vocab_limit or self.cfg.vocab_size
@@ -144,6 +156,15 @@ class Engine:
         return _collect(out, stops, max_new_tokens, lengths, ttft, decode_s)
 
 
+def decode_layout(model: nnx.Module, layers: str = "auto", platform: str | None = None) -> nnx.Module:
+    """The model in the layer layout generation runs in (see `Engine`)."""
+    if layers not in LAYERS.values() and layers != "auto":
+        raise JaxlmError(f"unknown layers layout {layers!r}; choose auto, scan or unroll")
+    if layers == "auto":
+        layers = LAYERS.get(platform or ops.target_platform(), "scan")
+    return unstacked(model) if layers == "unroll" else model
+
+
 def _stop_matrix(stop_tokens, b: int, eos: int) -> np.ndarray:
     """(B, K) int32 stop ids per row, padded with -1 (never a token)."""
     if stop_tokens is None:
@@ -209,27 +230,39 @@ def decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink
 
     def body(c):
         step, s, out, _ = c
-        logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
-        if "history" in s:
-            history = s["history"].at[jnp.arange(b), s["position"]].set(s["token"], mode="drop")
-            logits, cache = _rebuild_crossing_rows(model, history, s["position"], s["done"], logits, cache)
-        tok = next_token(logits[:, 0], s["seen"], jax.random.fold_in(key, step), knobs, greedy=greedy,
-                         vocab_limit=vocab_limit)
-        tok = jnp.where(s["done"], -1, tok)
-        done = s["done"] | jnp.any(tok[:, None] == stops, axis=-1)
-        seen = s["seen"].at[jnp.arange(b), jnp.maximum(tok, 0)].max(tok >= 0)
+        tok, s = decode_step(model, s, step, stops, knobs, key, vocab_limit, greedy=greedy)
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
         halt = jnp.bool_(False)
         if stream:
-            halt = io_callback(_emit, jax.ShapeDtypeStruct((), jnp.bool_), sink_id, step, tok, done, ordered=True)
-        s = {**s, "cache": cache, "token": jnp.maximum(tok, 0), "position": s["position"] + 1, "seen": seen,
-             "done": done}
-        if "history" in s:
-            s["history"] = history
+            halt = io_callback(_emit, jax.ShapeDtypeStruct((), jnp.bool_), sink_id, step, tok, s["done"],
+                               ordered=True)
         return step + 1, s, out, halt
 
     _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), carry, out, jnp.bool_(False)))
     return out
+
+
+def decode_step(model, s: dict, step, stops, knobs, key, vocab_limit, *, greedy: bool):
+    """One token per row: the decode loop's body (and what `jaxlm.inference.cost` compiles).
+
+    s: the decode state (cache, token, position, seen, done[, history]). Returns this step's ids
+    (B,) (-1 for rows already done) and the next state.
+    """
+    b = s["token"].shape[0]
+    logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
+    if "history" in s:
+        history = s["history"].at[jnp.arange(b), s["position"]].set(s["token"], mode="drop")
+        logits, cache = _rebuild_crossing_rows(model, history, s["position"], s["done"], logits, cache)
+    tok = next_token(logits[:, 0], s["seen"], jax.random.fold_in(key, step), knobs, greedy=greedy,
+                     vocab_limit=vocab_limit)
+    tok = jnp.where(s["done"], -1, tok)
+    done = s["done"] | jnp.any(tok[:, None] == stops, axis=-1)
+    seen = s["seen"].at[jnp.arange(b), jnp.maximum(tok, 0)].max(tok >= 0)
+    new = {**s, "cache": cache, "token": jnp.maximum(tok, 0), "position": s["position"] + 1, "seen": seen,
+           "done": done}
+    if "history" in s:
+        new["history"] = history
+    return tok, new
 
 
 def _longrope_switch(cfg, cache_len: int) -> int | None:

@@ -60,23 +60,20 @@ def update_layer(cache: LayerCache, k: jax.Array, v: jax.Array, start: jax.Array
                  ) -> tuple[LayerCache, jax.Array, jax.Array]:
     """Write k, v (B, T, Hkv, D) at positions start[b] .. start[b] + T - 1 of each row.
 
-    Returns the new cache and the full keys and values (B, S, Hkv, D), in k's dtype, to attend over.
+    Returns the new cache and the full keys and values, head-major (B, Hkv, S, D) as stored, in
+    k's dtype, to attend over (`jaxlm.ops.cached_attention`).
     """
     def write(buf, new, s):  # buf (Hkv, S, ...), new (T, Hkv, ...)
         new = jnp.swapaxes(new, 0, 1).astype(buf.dtype)
         return jax.lax.dynamic_update_slice(buf, new, (0, s) + (0,) * (buf.ndim - 2))
 
-    def as_bshd(x):  # (B, Hkv, S, D) -> (B, S, Hkv, D)
-        return jnp.swapaxes(x, 1, 2)
-
     if "k_scale" not in cache:
         k_all = jax.vmap(write)(cache["k"], k, start)
         v_all = jax.vmap(write)(cache["v"], v, start)
-        return {"k": k_all, "v": v_all}, as_bshd(k_all).astype(k.dtype), as_bshd(v_all).astype(v.dtype)
+        return {"k": k_all, "v": v_all}, k_all.astype(k.dtype), v_all.astype(v.dtype)
     new = {}
     for name, x in (("k", k), ("v", v)):
         q, scale = quantize(x)
         new[name] = jax.vmap(write)(cache[name], q, start)
         new[name + "_scale"] = jax.vmap(write)(cache[name + "_scale"], scale, start)
-    return (new, as_bshd(dequantize(new["k"], new["k_scale"], k.dtype)),
-            as_bshd(dequantize(new["v"], new["v_scale"], v.dtype)))
+    return new, dequantize(new["k"], new["k_scale"], k.dtype), dequantize(new["v"], new["v_scale"], v.dtype)

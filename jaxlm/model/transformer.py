@@ -73,10 +73,9 @@ class Attention(nnx.Module):
             out = ops.attention(q, k, v, causal=True, segment_ids=segment_ids, sliding_window=sliding_window,
                                 impl=attention_impl)
         else:
-            cache, k_all, v_all = kv_cache.update_layer(cache, k, v, positions[:, 0])
-            kv_pos = jnp.broadcast_to(jnp.arange(k_all.shape[1]), (b, k_all.shape[1]))
-            out = ops.attention(q, k_all, v_all, causal=True, q_positions=positions, kv_positions=kv_pos,
-                                sliding_window=sliding_window, impl=attention_impl)
+            cache, k_all, v_all = kv_cache.update_layer(cache, k, v, positions[:, 0])  # (B, Hkv, S, hd)
+            out = ops.cached_attention(q, k_all, v_all, positions, sliding_window=sliding_window,
+                                       impl=attention_impl)
         out = out.reshape(b, t, hkv, g, self.head_dim)
         return ops.dense("btkgh,kghd->btd", out, self.out[...]), cache
 

@@ -1,10 +1,31 @@
 """Weight matmuls. Every projection in the model goes through `dense`, so weight formats
-other than a plain array (quantized weights, LoRA-wrapped weights) plug in here."""
+other than a plain array (quantized weights, LoRA-wrapped weights) plug in here.
+
+A projection whose weight's leading dims are contracted with x's trailing dims (all of the
+model's: "btd,dkgh->btkgh", "btkgh,kghd->btd", ...) runs as one 2-D matmul, x (..., K) @ W (K, N),
+with both reshapes free in row-major order. Given the 4-D einsum instead, XLA:CPU transposed and
+copied the attention output weight on every decode step (docs/inference.md).
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+
+
+@functools.lru_cache(maxsize=256)
+def trailing_contraction(equation: str) -> int | None:
+    """n when `equation` is x (..., *c) times w (*c, *o) -> (..., *o) with n = len(c) contracted
+    dims, in the same order on both sides; else None."""
+    inputs, out = equation.replace(" ", "").split("->")
+    lhs, rhs = inputs.split(",")
+    n = sum(1 for a in rhs if a not in out)
+    if n == 0 or "." in equation or not (rhs[:n] == lhs[len(lhs) - n:] and out == lhs[:len(lhs) - n] + rhs[n:]):
+        return None
+    return n
 
 
 def dense(equation: str, x: jax.Array, w, dtype=None, out_dtype=None) -> jax.Array:
@@ -14,5 +35,12 @@ def dense(equation: str, x: jax.Array, w, dtype=None, out_dtype=None) -> jax.Arr
     out_dtype = out_dtype or dtype
     if hasattr(w, "dense") and jnp.dtype(out_dtype) == jnp.dtype(dtype):  # a weight type with its own matmul
         return w.dense(equation, x, dtype)
-    return jnp.einsum(equation, x.astype(dtype), jnp.asarray(w).astype(dtype),
-                      preferred_element_type=jnp.float32).astype(out_dtype)
+    x, w = x.astype(dtype), jnp.asarray(w).astype(dtype)
+    n = trailing_contraction(equation)
+    if n is None:
+        return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(out_dtype)
+    lead, out_dims = x.shape[:x.ndim - n], w.shape[n:]
+    x2 = x.reshape(lead + (math.prod(w.shape[:n]),))
+    w2 = w.reshape(math.prod(w.shape[:n]), math.prod(out_dims))
+    y = jax.lax.dot_general(x2, w2, (((x2.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return y.reshape(lead + out_dims).astype(out_dtype)

@@ -29,20 +29,23 @@ import kernels_pallas.rmsnorm as pallas_rmsnorm
 from jaxlm.errors import JaxlmError
 from jaxlm.ops.sharded import per_shard
 from jaxlm.parallel import rules
-from kernels_pallas.attention import blockwise_attention
+from kernels_pallas.attention import blockwise_attention, cached_attention as cached_attention_xla
 from kernels_pallas.rmsnorm import rms_norm_reference, rms_norm_residual_reference
 
 # What "auto" picks, per target platform and op. "measured" entries come from
 # experiments/results/kernels.md (experiments/bench_kernels.py); "reasoned" ones are not measured yet.
 AUTO: dict[str, dict[str, str]] = {
     # reasoned: Pallas only interprets on a CPU; XLA is the fast path there.
-    "cpu": {"attention": "xla", "rms_norm": "xla"},
+    # qmatmul (reasoned): Pallas only interprets on a CPU (docs/inference.md has XLA:CPU's limits).
+    "cpu": {"attention": "xla", "rms_norm": "xla", "qmatmul": "xla"},
     # reasoned (no GPU lent yet): cuDNN flash attention is JAX's maintained GPU path; it has no
     # float32 kernel, so float32 attention takes XLA. XLA fuses RMSNorm into neighbouring ops.
-    "gpu": {"attention": "cudnn", "rms_norm": "xla"},
+    # qmatmul (reasoned): XLA would write the dequantized weight to HBM; the kernel reads the codes.
+    "gpu": {"attention": "cudnn", "rms_norm": "xla", "qmatmul": "pallas"},
     # reasoned (compiled with libtpu, never run on a TPU): the Mosaic kernels keep attention O(T)
-    # in memory and fuse the residual add into the norm.
-    "tpu": {"attention": "pallas", "rms_norm": "pallas"},
+    # in memory and fuse the residual add into the norm; the quantized matmul reads the packed codes
+    # (libtpu's cost analysis of a decode step: tests/test_decode_cost.py).
+    "tpu": {"attention": "pallas", "rms_norm": "pallas", "qmatmul": "pallas"},
 }
 
 IMPLS = ("auto", "xla", "pallas", "cudnn")
@@ -93,7 +96,7 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float, impl: str = "auto") ->
     if impl == "pallas":
         platform, interpret = pallas_target()
         kernel = functools.partial(pallas_rmsnorm.rms_norm, eps=eps, platform=platform, interpret=interpret)
-        with _as_jaxlm_error():
+        with as_jaxlm_error():
             pallas_rmsnorm.check_inputs(x, weight)
             return per_shard(kernel, (x, weight), (_norm_axes(x.ndim), (None,)), _norm_axes(x.ndim))
     return rms_norm_reference(x, weight, eps)  # "xla", and "cudnn" (no cuDNN RMSNorm in JAX)
@@ -108,7 +111,7 @@ def rms_norm_residual(x: jax.Array, residual: jax.Array, weight: jax.Array, eps:
         kernel = functools.partial(pallas_rmsnorm.rms_norm_residual, eps=eps, platform=platform,
                                    interpret=interpret)
         axes = _norm_axes(x.ndim)
-        with _as_jaxlm_error():
+        with as_jaxlm_error():
             pallas_rmsnorm.check_inputs(x, weight, residual)
             return per_shard(kernel, (x, residual, weight), (axes, axes, (None,)), (axes, axes))
     return rms_norm_residual_reference(x, residual, weight, eps)
@@ -159,7 +162,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         window = None if sliding_window is None else (sliding_window - 1, 0)  # (left, right) keys, own excluded
         kernel = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn",
                                    local_window_size=window)
-    with _as_jaxlm_error():
+    with as_jaxlm_error():
         if impl == "pallas":
             pallas_attention.check_inputs(q, k, v, segment_ids)  # names the global shapes, not a shard's
         if segment_ids is None:
@@ -167,6 +170,27 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         q_seg, kv_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
         return per_shard(lambda q, k, v, qs, ks: kernel(q, k, v, segment_ids=(qs, ks)), (q, k, v, q_seg, kv_seg),
                          (QKV_AXES,) * 3 + (SEGMENT_AXES,) * 2, QKV_AXES)
+
+
+# Query lengths up to this attend to the cache directly (scores O(T·S)); longer ones (a prompt
+# prefilled against the cache) take `attention`'s blockwise path, O(T·block).
+CACHED_QUERIES = 16
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.Array, *,
+                     sliding_window: int | None = None, impl: str = "auto") -> jax.Array:
+    """q (B, T, Hq, D) at q_positions (B, T) against a KV cache k/v (B, Hkv, S, D), head-major, slot s
+    holding position s -> (B, T, Hq, D). Every impl runs XLA here (see `attention` on explicit
+    positions); a decode step reads the cache in its stored layout, with no transpose."""
+    resolve_impl(impl, "attention")  # checks the name
+    if sliding_window is not None and sliding_window < 1:
+        raise JaxlmError(f"attention: sliding_window {sliding_window} needs a window >= 1")
+    if q.shape[1] <= CACHED_QUERIES:
+        return cached_attention_xla(q, k, v, q_positions, sliding_window)
+    b, s = k.shape[0], k.shape[2]
+    kv_pos = jnp.broadcast_to(jnp.arange(s), (b, s))
+    return attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), causal=True, q_positions=q_positions,
+                     kv_positions=kv_pos, sliding_window=sliding_window, impl=impl)
 
 
 def _check_attention(q, k, v, same_dtype: bool) -> None:
@@ -181,13 +205,13 @@ def _check_attention(q, k, v, same_dtype: bool) -> None:
                          f"of float32, bfloat16")
 
 
-class _as_jaxlm_error:
+class as_jaxlm_error:
     """Turn a kernel's ValueError (unsupported shape or dtype) into a JaxlmError."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, err, tb):
-        if kind is ValueError and str(err).startswith(("flash_attention", "rms_norm")):
+        if kind is ValueError and str(err).startswith(("flash_attention", "rms_norm", "qmatmul")):
             raise JaxlmError(str(err)) from err
         return False

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm import ops
 from jaxlm.quant import formats
 from jaxlm.quant.formats import Scheme
 
@@ -98,8 +99,26 @@ class QuantizedWeight(nnx.Module):
         return mat.reshape(lead + self.in_shape + self.out_shape)
 
     def dense(self, equation: str, x: jax.Array, dtype) -> jax.Array:
-        w = self.dequantize(dtype)
-        return jnp.einsum(equation, x.astype(dtype), w, preferred_element_type=jnp.float32).astype(dtype)
+        """einsum(equation, x, W). When x's trailing dims are the contracted ones (every projection in
+        the model), one `ops.quantized_matmul` over the packed codes; else dequantize, then einsum."""
+        n_in = len(self.in_shape)
+        if self.lead_shape or not self._is_trailing_contraction(equation):
+            w = self.dequantize(dtype)
+            return jnp.einsum(equation, x.astype(dtype), w, preferred_element_type=jnp.float32).astype(dtype)
+        lead = x.shape[:x.ndim - n_in]
+        y = ops.quantized_matmul(x.reshape(lead + (math.prod(self.in_shape),)), self.codes[...], self.scale[...],
+                                 None if self.zero is None else self.zero[...], bits=self.bits, dtype=dtype)
+        return y.reshape(lead + self.out_shape)
+
+    def _is_trailing_contraction(self, equation: str) -> bool:
+        """True for "...<in>,<in><out>->...<out>" (or <out><in> when transposed): x (..., *in) @ W."""
+        inputs, out = equation.split("->")
+        lhs, rhs = inputs.split(",")
+        n_in, n_out = len(self.in_shape), len(self.out_shape)
+        if len(rhs) != n_in + n_out:
+            return False
+        w_in, w_out = (rhs[n_out:], rhs[:n_out]) if self.transposed else (rhs[:n_in], rhs[n_in:])
+        return lhs.endswith(w_in) and out == lhs[:len(lhs) - n_in] + w_out
 
     def __getitem__(self, key):
         return self if key is Ellipsis else self.dequantize()[key]
