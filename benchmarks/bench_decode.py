@@ -1,13 +1,15 @@
 """Decode throughput and time to first token: jaxlm's compiled prefill + while_loop decode against
 Hugging Face transformers `generate`, on the same weights, side by side in one run.
 
-    python benchmarks/bench_decode.py                  # CPU: tiny_uniform, batch 1 and 8 -> results/decode.md
+    python benchmarks/bench_decode.py                  # CPU: 270M-class Llama, batch 1 and 8 -> results/decode.md
+    python benchmarks/bench_decode.py --size tiny      # CPU: tiny_uniform -> results/decode_tiny.md
     python benchmarks/bench_decode.py --gpu            # GPU: OpenELM-1.1B / 3B, bf16 and int8 KV cache
 
-CPU: a transformers LlamaForCausalLM is built with tiny_uniform's sizes and jaxlm's weights are
+CPU: a transformers LlamaForCausalLM is built with the --size's sizes and jaxlm's weights are
 copied into it (checked by comparing logits before timing). Both sides decode greedily, float32,
 for exactly --new-tokens tokens (no stop token), after one warm-up call (compile time is reported
-apart). Time to first token = one prefill + one sampled token. Decode tokens/s counts the tokens
+apart), interleaved for --rounds rounds with jaxlm's bf16, int8 and int4 engines on the same
+weights; the results file is written only on a quiet machine (benchmarks/quiet.py). Time to first token = one prefill + one sampled token. Decode tokens/s counts the tokens
 after the first: batch * (N - 1) / (time(N tokens) - time to first token).
 GPU mode needs a GPU and says so otherwise; its weights are random (throughput does not depend on
 their values) and nothing is compared with transformers there.
@@ -16,8 +18,6 @@ their values) and nothing is compared with transformers there.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quiet  # noqa: E402  (benchmarks/quiet.py)
 
 
 def random_jaxlm_model(cfg, seed=0):
@@ -90,30 +92,37 @@ def to_transformers(model):
     return hf
 
 
-def timed(fn, repeats):
-    """Fastest of `repeats` calls (the one least disturbed by other jobs) and its result."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), result
+SIZES = {  # --size: the model compared with transformers (Llama layout, float32, random weights)
+    "tiny": [],  # tiny_uniform as it is
+    "270m": ["model.vocab_size=32000", "model.model_dim=1280", "model.num_layers=16", "model.head_dim=64",
+             "model.num_query_heads=20", "model.num_kv_heads=5", "model.ffn_dim=3584", "model.max_context=2048"],
+}
+F32 = ["model.param_dtype=float32", "model.compute_dtype=float32"]
+VARIANTS = {  # jaxlm-only rows, each against jaxlm float32 on the same weights
+    "bfloat16": ["model.param_dtype=bfloat16", "model.compute_dtype=bfloat16"],
+    "int8": ["quant.bits=8"],
+    "int4 g128": ["quant.bits=4", "quant.group_size=128"],
+}
 
 
-def pick_torch_threads(hf, inp, gen) -> int:
-    """PyTorch's thread count matters a lot on a shared machine (OpenMP spin-waits): probe 1 and all
-    cores on a short generation and keep the faster, so transformers is timed at its best."""
+def jaxlm_decode(engine, ids, n):
+    """(decode tok/s after the first token, time to first token s, tokens) of one generate call."""
+    out = engine.generate(ids, n)
+    return len(ids) * (n - 1) / out.decode_s, out.time_to_first_token_s, out.tokens
+
+
+def hf_decode(hf, inp, n, gen):
+    """(decode tok/s after the first token, time to first token s, new tokens) of transformers."""
     import torch
 
-    speed = {}
-    for threads in sorted({1, os.cpu_count() or 1}):
-        torch.set_num_threads(threads)
-        hf.generate(inp, max_new_tokens=2, min_new_tokens=2, **gen)
-        speed[threads], _ = timed(lambda: hf.generate(inp, max_new_tokens=8, min_new_tokens=8, **gen), 2)
-    best = min(speed, key=speed.get)
-    print("  transformers probe (s for 8 tokens by torch threads):", {k: round(v, 3) for k, v in speed.items()})
-    torch.set_num_threads(best)
-    return best
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        hf.generate(inp, max_new_tokens=1, min_new_tokens=1, **gen)
+        ttft = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = hf.generate(inp, max_new_tokens=n, min_new_tokens=n, **gen)
+        full = time.perf_counter() - t0
+    return inp.shape[0] * (n - 1) / max(full - ttft, 1e-9), ttft, out[:, inp.shape[1]:].numpy()
 
 
 def bench_cpu(args) -> str:
@@ -122,8 +131,11 @@ def bench_cpu(args) -> str:
 
     from jaxlm.config import load_run_config
     from jaxlm.inference import Engine
+    from jaxlm.variants import model_for
 
-    cfg = load_run_config(args.config).model
+    watch = quiet.LoadWatch()
+    overrides = SIZES[args.size] + F32
+    cfg = load_run_config(args.config, overrides).model
     model = random_jaxlm_model(cfg, seed=0)
     hf = to_transformers(model)
     rng = np.random.default_rng(1)
@@ -134,64 +146,86 @@ def bench_cpu(args) -> str:
     print(f"logits max |jaxlm - transformers| = {diff:.2e}")
     assert diff < 1e-3, "weight copy is wrong; not timing"
 
-    engine = Engine(model)
+    engines = {"float32": Engine(model)}
+    for name, extra in VARIANTS.items():
+        rc = load_run_config(args.config, overrides + extra)
+        base = random_jaxlm_model(rc.model, seed=0) if name == "bfloat16" else model
+        engines[name] = Engine(model_for(rc.model, rc.quant, rc.lora, base=base) if rc.quant.bits else base)
     n, rows = args.new_tokens, []
+    gen = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
     for batch in (1, 8):
         prompts = rng.integers(3, cfg.vocab_size, (batch, args.prompt_len))
         ids = [p.tolist() for p in prompts]
-        t0 = time.perf_counter()
-        engine.generate(ids, n)  # compile prefill and decode
-        compile_s = time.perf_counter() - t0
-        outs = [engine.generate(ids, n) for _ in range(args.repeats)]
-        j_ttft = min(o.time_to_first_token_s for o in outs)
-        j_decode = min(o.decode_s for o in outs)
-        j_tps = batch * (n - 1) / j_decode
-
         inp = torch.from_numpy(prompts)
-        gen = dict(do_sample=False, eos_token_id=None, pad_token_id=0,
-                   attention_mask=torch.ones_like(inp))
+        kw = dict(gen, attention_mask=torch.ones_like(inp))
+        compile_s = {}
+        for name, e in engines.items():
+            t0 = time.perf_counter()
+            e.generate(ids, n)  # compile prefill and decode
+            compile_s[name] = time.perf_counter() - t0
         with torch.inference_mode():
-            threads = pick_torch_threads(hf, inp, gen)
-            hf.generate(inp, max_new_tokens=2, min_new_tokens=2, **gen)  # warm-up
-            h_ttft, _ = timed(lambda: hf.generate(inp, max_new_tokens=1, min_new_tokens=1, **gen), args.repeats)
-            h_full, h_out = timed(lambda: hf.generate(inp, max_new_tokens=n, min_new_tokens=n, **gen), args.repeats)
-        h_tps = batch * (n - 1) / (h_full - h_ttft)
-        same = np.mean(np.array(outs[0].tokens) == h_out[:, args.prompt_len:].numpy())
-        rows.append((batch, j_ttft, j_tps, h_ttft, h_tps, compile_s, same, threads))
-        print(f"batch {batch}: jaxlm ttft {j_ttft * 1e3:.1f} ms, {j_tps:.0f} tok/s | transformers ttft "
-              f"{h_ttft * 1e3:.1f} ms, {h_tps:.0f} tok/s ({threads} threads) | speedup {j_tps / h_tps:.1f}x | "
-              f"same greedy tokens {same:.0%}")
-    return report_cpu(args, cfg, rows, diff)
+            threads = quiet.best_torch_threads(lambda: hf.generate(inp, max_new_tokens=8, min_new_tokens=8, **kw), 1)
+        sides = {name: (lambda e=e: jaxlm_decode(e, ids, n)) for name, e in engines.items()}
+        sides["transformers"] = lambda: hf_decode(hf, inp, n, kw)
+        results = {name: [] for name in sides}
+        for r in range(args.rounds):
+            for name, fn in sides.items():
+                results[name].append(fn())
+            print(f"  batch {batch} round {r + 1}: " + ", ".join(f"{k} {v[-1][0]:.1f}" for k, v in results.items()),
+                  flush=True)
+        tps = {k: quiet.median([x[0] for x in v]) for k, v in results.items()}
+        ttft = {k: quiet.median([x[1] for x in v]) for k, v in results.items()}
+        same = float(np.mean(np.array(results["float32"][0][2]) == results["transformers"][0][2]))
+        rows.append(dict(batch=batch, tps=tps, ttft=ttft, same=same, threads=threads, compile=compile_s))
+    watch.stop()
+    return report_cpu(args, cfg, rows, diff, watch, engines), watch
 
 
-def report_cpu(args, cfg, rows, diff) -> str:
+def report_cpu(args, cfg, rows, diff, watch, engines) -> str:
     import jax
     import torch
     import transformers
 
+    from jaxlm.quant.model import storage_report
+
+    spec = cfg.layer_specs[0]
     lines = [
-        "# Decode benchmark: jaxlm vs Hugging Face transformers (CPU)",
-        "",
-        f"Command: `python benchmarks/bench_decode.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
-        f"Hardware: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared with other "
-        f"jobs while measuring; jax {jax.__version__}, torch {torch.__version__}, transformers "
-        f"{transformers.__version__}.",
-        f"Model: `{args.config}` ({cfg.num_layers} layers, model_dim {cfg.model_dim}, vocab {cfg.vocab_size}), random "
-        f"weights copied into `LlamaForCausalLM`; logits agree to {diff:.1e} (max abs) before timing.",
-        f"Greedy, float32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, no stop token; fastest of "
-        f"{args.repeats} runs after a warm-up. jaxlm KV cache float32 (the model's compute dtype).",
-        "",
-        "| batch | jaxlm TTFT (ms) | jaxlm decode tok/s | transformers TTFT (ms) | transformers decode tok/s "
-        "| decode speedup | jaxlm compile (s) | same greedy tokens | torch threads |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"# Decode: jaxlm vs Hugging Face transformers (CPU, `--size {args.size}`)", "",
+        f"Command: `{quiet.command()}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
+        f"Hardware: {quiet.hardware()}; {watch.line()}; jax {jax.__version__}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}.",
+        f"Model: Llama layout, vocab {cfg.vocab_size}, model_dim {cfg.model_dim}, {cfg.num_layers} layers, "
+        f"{spec.num_query_heads}/{spec.num_kv_heads} heads, FFN {spec.ffn_dim}, tied embeddings; random weights "
+        f"copied into `LlamaForCausalLM` (logits agree to {diff:.1e} max abs before timing).",
+        f"Greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, no stop token. Every side runs once "
+        f"per round, in turn, for {args.rounds} rounds after a warm-up; the median round is reported. Decode tok/s = "
+        f"batch x (new tokens - 1) / (time of the tokens after the first); TTFT = prefill + first token. "
+        f"transformers runs `generate` (eager, DynamicCache) at its best thread count (probed: 1 or all cores).", "",
+        "| batch | jaxlm f32 tok/s | transformers f32 tok/s | **ratio** | jaxlm TTFT (ms) | transformers TTFT (ms) "
+        "| same greedy tokens | torch threads |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for b, jt, jtps, ht, htps, comp, same, threads in rows:
-        lines.append(f"| {b} | {jt * 1e3:.1f} | {jtps:,.0f} | {ht * 1e3:.1f} | {htps:,.0f} | {jtps / htps:.1f}x "
-                     f"| {comp:.1f} | {same:.0%} | {threads} |")
-    lines += ["", "Decode tok/s = batch x (new tokens - 1) / decode time; TTFT = prefill + first token. "
-              "transformers runs `generate` (eager PyTorch, DynamicCache); a short probe picks the faster of 1 torch "
-              "thread and all cores (last column) so it is timed at its best.", ""]
-    return "\n".join(lines)
+    for r in rows:
+        t = r["tps"]
+        lines.append(f"| {r['batch']} | {t['float32']:,.1f} | {t['transformers']:,.1f} | "
+                     f"**{t['float32'] / t['transformers']:.2f}x** | {r['ttft']['float32'] * 1e3:.0f} | "
+                     f"{r['ttft']['transformers'] * 1e3:.0f} | {r['same']:.0%} | {r['threads']} |")
+    lines += ["", "jaxlm's other weight formats, same weights (bf16: the same random draw in bfloat16), against "
+              "jaxlm float32 in the same rounds:", "",
+              "| batch | format | bytes / parameter | tok/s | vs jaxlm f32 | compile (s) |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        for name in engines:
+            bpp = storage_report(_model_of(engines[name]))["bytes_per_param"]
+            lines.append(f"| {r['batch']} | {name} | {bpp:.3f} | {r['tps'][name]:,.1f} | "
+                         f"{r['tps'][name] / r['tps']['float32']:.2f}x | {r['compile'][name]:.1f} |")
+    return "\n".join(lines + [""])
+
+
+def _model_of(engine):
+    from flax import nnx
+
+    return nnx.merge(engine.graphdef, engine.state)
 
 
 def bench_gpu(args) -> str:
@@ -238,20 +272,24 @@ def bench_gpu(args) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny_uniform")
+    p.add_argument("--size", default="270m", choices=sorted(SIZES), help="model sizes (CPU comparison)")
     p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per setting; the fastest is reported")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="--gpu: timed runs per setting (the fastest is reported)")
     p.add_argument("--gpu", action="store_true", help="OpenELM-1.1B / 3B on a GPU instead of the CPU comparison")
-    p.add_argument("--out", default=None, help="markdown file to write (default: benchmarks/results/decode.md, "
+    p.add_argument("--out", default=None, help="markdown file to write (default: benchmarks/results/decode[_SIZE].md, "
                    "or decode_gpu.md with --gpu)")
+    quiet.add_args(p)
     args = p.parse_args()
-    text = bench_gpu(args) if args.gpu else bench_cpu(args)
-    if text:
-        out = Path(args.out or Path(__file__).parent / "results" / ("decode_gpu.md" if args.gpu else "decode.md"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
-    return 0
+    if args.gpu:
+        text = bench_gpu(args)
+        if text:
+            out = Path(args.out or Path(__file__).parent / "results" / "decode_gpu.md")
+            out.write_text(text)
+        return 0
+    text, watch = bench_cpu(args)
+    name = "decode.md" if args.size == "270m" else f"decode_{args.size}.md"
+    return quiet.write_results(Path(args.out or Path(__file__).parent / "results" / name), text, watch, args.force)
 
 
 if __name__ == "__main__":

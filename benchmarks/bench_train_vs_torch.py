@@ -134,10 +134,10 @@ def main() -> int:
         f"interleaved; the median round is reported. torch threads: {threads} (the faster of 1 and all cores); "
         f"jaxlm compiled its step in {jax_warm:.1f} s (first 2 steps, not counted).", "",
         "| framework | tokens/s (median) | ms/step | every round (s) |", "| --- | ---: | ---: | --- |",
-        f"| jaxlm (jax.jit) | {rate['jaxlm']:,.0f} | {1e3 * tokens / rate['jaxlm'] / args.batch / args.seq_len:.1f} "
+        f"| jaxlm (jax.jit) | {rate['jaxlm']:,.0f} | {1e3 * quiet.median(times['jaxlm']) / args.steps:.0f} "
         f"| {', '.join(f'{t:.2f}' for t in times['jaxlm'])} |",
         f"| PyTorch eager (transformers Llama) | {rate['torch']:,.0f} | "
-        f"{1e3 * tokens / rate['torch'] / args.batch / args.seq_len:.1f} | {', '.join(f'{t:.2f}' for t in times['torch'])} |",
+        f"{1e3 * quiet.median(times['torch']) / args.steps:.0f} | {', '.join(f'{t:.2f}' for t in times['torch'])} |",
         "", f"**jaxlm / torch: {rate['jaxlm'] / rate['torch']:.2f}x** (per round: "
             f"{', '.join(f'{r:.2f}x' for r in ratios)}).", ""]
     suffix = "" if args.dtype == "float32" else "_bf16"

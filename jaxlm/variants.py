@@ -34,6 +34,8 @@ def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, a
         model = abstract_model(cfg) if abstract else build_model(cfg, seed=seed)
     else:
         model = to_bucketed(to_stored(base), cfg) if plain else to_stored(base)
+        if model is base:  # quantization and adapters replace attributes in place: leave the caller's model be
+            model = nnx.merge(*nnx.split(model))
     if quant.enabled and not is_quantized(model):
         model = quantize_model(model, quant)
     if lora.enabled:

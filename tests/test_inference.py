@@ -141,3 +141,16 @@ def test_bad_requests_raise_clear_errors(engine, prompts, n, match):
 def test_unknown_cache_dtype_is_rejected(model):
     with pytest.raises(JaxlmError, match="unknown cache dtype"):
         Engine(model, cache_dtype="int4")
+
+
+def test_a_bfloat16_model_decodes_a_batch():
+    """bf16 weights and compute, several rows: XLA:CPU has no batched bf16 -> f32 dot, so the cached
+    attention must not ask it for one (it did: "Unsupported element type for DotThunk")."""
+    import dataclasses
+
+    from jaxlm.config import load_run_config
+    from jaxlm.model import build_model
+
+    cfg = dataclasses.replace(load_run_config("tiny_uniform").model, param_dtype="bfloat16", compute_dtype="bfloat16")
+    out = Engine(build_model(cfg)).generate([[5, 6, 7], [8, 9]], max_new_tokens=4)
+    assert [len(t) for t in out.tokens] == [4, 4] or "stop" in out.finish_reasons

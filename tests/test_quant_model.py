@@ -170,3 +170,16 @@ def test_group_not_dividing_an_input_dim_uses_the_largest_that_does(base_dir, tm
     assert main(["quantize", "--ckpt", str(base_dir), "--bits", "4", "--group", "128", "--out", str(out)]) == 0
     assert main(["model-info", "--ckpt", str(out)]) == 0
     assert "group 128 (group 64 for " in capsys.readouterr().out
+
+
+def test_model_for_leaves_the_callers_base_model_unquantized():
+    """Quantizing replaces weights attribute by attribute; on the caller's own model it quantized that
+    model too (a benchmark built int8 and then 'int4' from one base, and got int8 twice)."""
+    from jaxlm.config import load_run_config
+    from jaxlm.model import build_model
+    from jaxlm.quant.model import is_quantized
+    from jaxlm.variants import model_for
+
+    rc = load_run_config("tiny_uniform", ["quant.bits=8"])
+    base = build_model(rc.model)
+    assert is_quantized(model_for(rc.model, rc.quant, rc.lora, base=base)) and not is_quantized(base)

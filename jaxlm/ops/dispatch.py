@@ -186,6 +186,11 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.
     if sliding_window is not None and sliding_window < 1:
         raise JaxlmError(f"attention: sliding_window {sliding_window} needs a window >= 1")
     if q.shape[1] <= CACHED_QUERIES:
+        if target_platform() == "cpu" and q.dtype != jnp.float32:
+            # XLA:CPU has no batched bf16 x bf16 -> f32 dot ("Unsupported element type for DotThunk");
+            # it would upcast a bf16 dot anyway.
+            f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+            return cached_attention_xla(*f32, q_positions, sliding_window).astype(q.dtype)
         return cached_attention_xla(q, k, v, q_positions, sliding_window)
     b, s = k.shape[0], k.shape[2]
     kv_pos = jnp.broadcast_to(jnp.arange(s), (b, s))
