@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import quiet  # noqa: E402  (benchmarks/quiet.py)
 
 SEQ, BATCH = 256, 8
 
@@ -102,7 +103,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     ap.add_argument("--batches", type=int, default=400, help="timed pipeline batches per configuration")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data.md"))
+    ap.add_argument("--force", action="store_true", help="write the results file even on a loaded machine")
     args = ap.parse_args()
+    watch = quiet.LoadWatch()
 
     from jaxlm.config.loader import from_dict
     from jaxlm.data import DataConfig
@@ -126,15 +129,12 @@ def main() -> int:
     fixed, live, n_params = train_rates(DataConfig(), tok, args.steps)
     print(f"training  tiny_layerwise fixed batch {fixed:,.0f} tokens/s; fed by the pipeline {live:,.0f} tokens/s")
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    watch.stop()
     lines = [
         "# Data pipeline vs training throughput",
         "",
-        f"Hardware: {cores} CPU cores ({platform.processor() or platform.machine()}), no GPU; 1-minute load "
-        f"average {load:.1f} at the end (other jobs shared the cores), so absolute numbers are indicative and "
-        f"the ratios are what counts: both sides were measured in the same run. "
-        f"Command: `python benchmarks/bench_data.py --steps {args.steps} --batches {args.batches}`.",
+        f"Hardware: {quiet.hardware()}; {watch.line()}. Command: `{quiet.command()}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         f"Rows of {SEQ} tokens, batches of {BATCH}; bundled corpus (8 plays) and bundled sentencepiece "
         f"tokenizer (2048 pieces). Pipeline tokens/s count real (non-padding) input tokens, measured as the "
         f"rate a consumer pulls batches (read + filter + tokenize + pack in Grain's prefetch thread).",
@@ -160,13 +160,7 @@ def main() -> int:
         f"(the bar is 10x). Live-fed training runs at {live / fixed:.0%} of the fixed-batch rate.",
         "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
-    return 0
+    return quiet.write_results(Path(args.out), "\n".join(lines), watch, args.force)
 
 
 if __name__ == "__main__":

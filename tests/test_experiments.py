@@ -101,7 +101,7 @@ def test_throughput_summary_reads_tables_and_marks_missing(tmp_path):
     (root / "benchmarks" / "results").mkdir(parents=True)
     (root / "benchmarks" / "results" / "decode.md").write_text(
         "# Decode\n\nCommand: `python benchmarks/bench_decode.py --x`\nHardware: 2 CPU cores; shared\n\n"
-        "| batch | jaxlm decode tok/s | transformers decode tok/s | decode speedup |\n| --- | --- | --- | --- |\n"
+        "| batch | jaxlm f32 tok/s | transformers f32 tok/s | **ratio** |\n| --- | --- | --- | --- |\n"
         "| 1 | 298 | 89 | 3.3x |\n| 8 | 434 | 305 | 1.4x |\n")
     out = tmp_path / "out"
     assert summary.main(["--toy", "--out", str(out), "--root", str(root)]) == 0
