@@ -60,6 +60,22 @@ def check_inputs(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax.Arr
                          f"{scale.shape} (or None for symmetric codes)")
 
 
+def matrix_dims(x, codes, scale, zero, bits: int, platform: str) -> tuple[int, int, int, int, int]:
+    """Checked (M, K, N, codes per byte, group size) of a 2-D call of one platform's kernel."""
+    check_inputs(x, codes, scale, zero, bits)
+    if x.ndim != 2:
+        raise ValueError(f"qmatmul ({platform}): x must be (M, K) here, got {x.shape}; the package entry point "
+                         f"reshapes")
+    m, k = x.shape
+    return m, k, codes.shape[1], PER_BYTE[bits], group_size(k, scale)
+
+
+def padded_split(x: jax.Array, rows: int, bits: int) -> list[jax.Array]:
+    """x (M, K) padded to `rows` rows, then split as `split_even_odd`."""
+    m = x.shape[0]
+    return split_even_odd(jnp.pad(x, ((0, rows - m), (0, 0))) if rows > m else x, bits)
+
+
 def group_size(k: int, scale) -> int:
     return k // scale.shape[0]
 

@@ -79,15 +79,10 @@ def qmatmul(x, codes, scale, zero, *, bits: int, out_dtype=None, block_m=None, b
             interpret=False):
     """x (M, K) float32 / bfloat16, codes (K / per_byte, N) uint8, scale / zero (K / g, N) -> (M, N) in
     out_dtype (default x.dtype), float32 accumulation."""
-    common.check_inputs(x, codes, scale, zero, bits)
-    if x.ndim != 2:
-        raise ValueError(f"qmatmul (gpu): x must be (M, K) here, got {x.shape}; the package entry point reshapes")
-    m, k = x.shape
-    n, per_byte = codes.shape[1], common.PER_BYTE[bits]
-    g = common.group_size(k, scale)
+    m, k, n, per_byte, g = common.matrix_dims(x, codes, scale, zero, bits, "gpu")
     bm, bn, bk = blocks(m, k, n, g, bits, block_m, block_n, block_k)
     mp = common.round_up(m, bm)
-    xs = common.split_even_odd(jnp.pad(x, ((0, mp - m), (0, 0))) if mp > m else x, bits)
+    xs = common.padded_split(x, mp, bits)
     params = [scale] + ([] if zero is None else [zero])
     out_dtype = jnp.dtype(out_dtype or x.dtype)
 

@@ -118,15 +118,10 @@ def qmatmul(x, codes, scale, zero, *, bits: int, out_dtype=None, block_m=None, b
             interpret=False):
     """x (M, K) float32 / bfloat16, codes (K / per_byte, N) uint8, scale / zero (K / g, N) -> (M, N) in
     out_dtype (default x.dtype), float32 accumulation."""
-    common.check_inputs(x, codes, scale, zero, bits)
-    if x.ndim != 2:
-        raise ValueError(f"qmatmul (tpu): x must be (M, K) here, got {x.shape}; the package entry point reshapes")
-    m, k = x.shape
-    n, per_byte = codes.shape[1], common.PER_BYTE[bits]
-    g = common.group_size(k, scale)
+    m, k, n, per_byte, g = common.matrix_dims(x, codes, scale, zero, bits, "tpu")
     bm, bn, bk = blocks(m, k, n, g, bits, x.dtype, block_m, block_n, block_k)
     mp = common.round_up(m, bm)
-    xs = common.split_even_odd(jnp.pad(x, ((0, mp - m), (0, 0))) if mp > m else x, bits)
+    xs = common.padded_split(x, mp, bits)
     # float16 scales travel as their bits (a free bitcast): Mosaic on v5e has no float16 loads.
     s = jax.lax.bitcast_convert_type(scale, jnp.uint16) if scale.dtype == jnp.float16 else scale
     params, param_specs = zip(*[_group_params(a, k, g, bk, bn) for a in ([s] if zero is None else [s, zero])])
