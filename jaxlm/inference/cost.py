@@ -5,7 +5,7 @@ one) and the live part of the KV cache. `decode_step_cost` compiles one step (`e
 the body of the decode loop) from abstract shapes, for the CPU or for TPU devices of a topology
 (`jaxlm.aot.topology_devices`), and reports the compiler's cost analysis beside those bytes, so a
 layout that copies weights or a matmul that materialises a dequantized weight shows as a ratio
-above 1 (tests/test_decode_cost.py holds it under 1.2).
+above 1 (tests/test_decode_cost.py holds it at 1.2 for batch 1 on a CPU).
 """
 
 from __future__ import annotations
