@@ -44,7 +44,7 @@ AUTO: dict[str, dict[str, str]] = {
     "gpu": {"attention": "cudnn", "rms_norm": "xla", "qmatmul": "pallas"},
     # reasoned (compiled with libtpu, never run on a TPU): the Mosaic kernels keep attention O(T)
     # in memory and fuse the residual add into the norm; the quantized matmul reads the packed codes
-    # (libtpu's cost analysis of a decode step: tests/test_decode_cost.py).
+    # (libtpu's compile of the kernel: tests/test_kernels_qmatmul.py).
     "tpu": {"attention": "pallas", "rms_norm": "pallas", "qmatmul": "pallas"},
 }
 

@@ -111,14 +111,13 @@ class QuantizedWeight(nnx.Module):
         return y.reshape(lead + self.out_shape)
 
     def _is_trailing_contraction(self, equation: str) -> bool:
-        """True for "...<in>,<in><out>->...<out>" (or <out><in> when transposed): x (..., *in) @ W."""
+        """True for "...<in>,<in><out>->...<out>" (<out><in> when transposed): x (..., *in) @ W."""
         inputs, out = equation.split("->")
         lhs, rhs = inputs.split(",")
-        n_in, n_out = len(self.in_shape), len(self.out_shape)
-        if len(rhs) != n_in + n_out:
-            return False
-        w_in, w_out = (rhs[n_out:], rhs[:n_out]) if self.transposed else (rhs[:n_in], rhs[n_in:])
-        return lhs.endswith(w_in) and out == lhs[:len(lhs) - n_in] + w_out
+        if self.transposed:  # read the (out, in) weight's letters as (in, out)
+            n_out = len(self.out_shape)
+            rhs = rhs[n_out:] + rhs[:n_out]
+        return ops.trailing_contraction(f"{lhs},{rhs}->{out}") == len(self.in_shape)
 
     def __getitem__(self, key):
         return self if key is Ellipsis else self.dequantize()[key]
