@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxlm.assets import ASSETS_DIR
-from jaxlm.data import DataConfig, SourceConfig, make_batch_iterator, make_eval_iterator
+from jaxlm.data import DataConfig, SourceConfig, make_batch_iterator, make_eval_iterator, packing
 from jaxlm.tokenizer import load_tokenizer
 
 PLAY = ASSETS_DIR / "corpus" / "train" / "macbeth.txt"
@@ -169,3 +169,25 @@ def test_bundled_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypa
     assert load_tokenizer("bundled:tokenizer").vocab_size == 2048
     names = [f.name for f in list_files(SourceConfig(path="bundled:corpus/valid"))]
     assert names == ["as_you_like_it.txt", "comedy_of_errors.txt"]
+
+
+def test_packed_row_equals_placing_each_piece():
+    """packing.packed_row (a row in a few array operations) against `place`, piece by piece."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        seq, pieces, at = int(rng.integers(1, 40)), [], 0
+        while at < seq and rng.random() < 0.9:
+            doc = rng.integers(4, 100, size=int(rng.integers(1, 12))).astype(np.int32)
+            off = int(rng.integers(0, len(doc)))
+            n = min(seq - at, len(doc) - off)
+            pieces.append((doc, off, n))
+            at += n
+        ref = packing.empty_row(seq, 3)
+        at = 0
+        for segment, (doc, off, n) in enumerate(pieces, 1):
+            packing.place(ref, at, doc, off, n, segment)
+            at += n
+        got = packing.packed_row(pieces, seq, 3)
+        for f in packing.FIELDS:
+            np.testing.assert_array_equal(got[f], ref[f], err_msg=f)
+            assert got[f].dtype == ref[f].dtype

@@ -17,6 +17,7 @@ __all__ = ["BatchIterator", "DataConfig", "FilterConfig", "PhaseConfig", "Source
 
 def __getattr__(name: str):
     if name in ("BatchIterator", "make_batch_iterator", "make_eval_iterator"):
+        # lazy: reading a config must not load Grain and the tokenizers
         from jaxlm.data import pipeline
 
         return getattr(pipeline, name)

@@ -36,6 +36,8 @@ class FilterConfig:
     min_chars: int | None = None  # characters of the cleaned text
     min_tokens: int | None = None  # tokens of the document, bos/eos not counted
     dedup: bool | None = None  # drop exact duplicates (by 64-bit hash of the text) within an epoch
+    dedup_capacity: int = 1 << 20  # hashes remembered per source and process (rounded up to a power of two):
+    # at least the last this many distinct documents, at most twice; 32 bytes each (32 MiB by default)
 
     def resolved(self) -> tuple[int, int, bool]:
         """(min_chars, min_tokens, dedup) with the preset filled in."""
@@ -68,6 +70,7 @@ class DataConfig:
     shuffle_window: int = 512  # rows per source shuffled together (1: keep stream order)
     on_bad_record: Literal["skip", "error"] = "skip"  # unreadable/empty file, bad JSONL line, non-UTF-8 text
     prefetch: int = 4  # batches prepared ahead by a background thread (0: none)
+    workers: int = 1  # processes that filter and tokenize: 1 = in the pipeline's thread, N > 1 = N worker processes
     prepared: str | None = None  # a folder from `jaxlm data prepare`: training reads its packed rows instead of
     # tokenizing data.sources on the fly (same source names; the mixture weights and phases still apply)
 
@@ -95,6 +98,12 @@ class DataConfig:
             raise ConfigError("data.sources weights sum to 0; give at least one source a positive weight")
         if self.shuffle_window < 1 or self.prefetch < 0:
             raise ConfigError("data.shuffle_window must be >= 1 and data.prefetch >= 0")
+        if self.workers < 1:
+            raise ConfigError(f"data.workers is {self.workers}; set it to 1 (tokenize in the pipeline's thread) "
+                              f"or more (worker processes)")
+        if self.filters.dedup_capacity < 1:
+            raise ConfigError(f"data.filters.dedup_capacity is {self.filters.dedup_capacity}; set it to the number "
+                              f"of document hashes to remember (>= 1), or dedup: false")
 
     def phase_weights(self) -> list[tuple[int, list[float]]]:
         """[(start_step, weight per source in `sources` order, normalised)], sorted by start_step."""

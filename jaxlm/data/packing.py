@@ -32,7 +32,43 @@ def place(row: dict[str, np.ndarray], at: int, doc: np.ndarray, offset: int, n: 
     row["targets"][at:at + len(nxt)] = nxt
     row["loss_mask"][at:at + len(nxt)] = 1.0
     row["segment_ids"][at:at + n] = segment
-    row["positions"][at:at + n] = np.arange(n, dtype=np.int32)
+    row["positions"][at:at + n] = _arange(n)
+
+
+def packed_row(pieces: list[tuple[np.ndarray, int, int]], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """A row of (doc, offset, n) pieces placed end to end as segments 1, 2, ... (what `place` does piece
+    by piece, in a few array operations per row: rows of many short documents are common)."""
+    row, pad = empty_row(seq_len, pad_id), np.full(1, pad_id, np.int32)
+    if not pieces:
+        return row
+    inputs, targets, doc_ends, at = [], [], [], 0
+    for doc, offset, n in pieces:
+        inputs.append(doc[offset:offset + n])
+        nxt = doc[offset + 1:offset + n + 1]  # one shorter than n when the piece ends the document
+        targets.append(nxt)
+        at += n
+        if len(nxt) < n:
+            targets.append(pad)
+            doc_ends.append(at - 1)
+    lengths = np.fromiter((n for _, _, n in pieces), np.int32, len(pieces))
+    row["inputs"][:at] = np.concatenate(inputs)
+    row["targets"][:at] = np.concatenate(targets)
+    row["segment_ids"][:at] = np.repeat(_arange(len(pieces) + 1)[1:], lengths)
+    row["positions"][:at] = _arange(at) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    row["loss_mask"][:at] = 1.0
+    row["loss_mask"][doc_ends] = 0.0
+    return row
+
+
+_ARANGE = np.arange(4096, dtype=np.int32)
+
+
+def _arange(n: int) -> np.ndarray:
+    """0 .. n-1 as int32, sliced from a cached array (placing a short document is mostly this call)."""
+    global _ARANGE
+    if n > len(_ARANGE):
+        _ARANGE = np.arange(max(n, 2 * len(_ARANGE)), dtype=np.int32)
+    return _ARANGE[:n]
 
 
 def padded_row(doc: np.ndarray, seq_len: int, pad_id: int) -> tuple[dict[str, np.ndarray], int]:

@@ -25,11 +25,12 @@ from grain.experimental import ThreadPrefetchDatasetIterator
 
 from jaxlm.data import mixture, packing
 from jaxlm.data.config import DataConfig, SourceConfig
+from jaxlm.data.prepared import PreparedBatches
 from jaxlm.data.stream import SourceStream, make_streams
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.tokenizer import Tokenizer
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: reader positions index this process's pieces (jaxlm.data.shards); 1 = the same on 1 process
 _LIVE: "weakref.WeakSet[BatchIterator]" = weakref.WeakSet()
 
 
@@ -44,9 +45,10 @@ class _Batches(grain.DatasetIterator):
     """The batch loop (no prefetching). Training: weighted interleave, infinite. Eval: concatenation, finite."""
 
     def __init__(self, streams: list[SourceStream], batch_size: int, seq_len: int, pad_id: int,
-                 phases: list[tuple[int, list[float]]] | None, num_batches: int | None = None):
+                 phases: list[tuple[int, list[float]]] | None, num_batches: int | None = None, process_count: int = 1):
         super().__init__()
         self.streams, self.batch_size, self.seq_len, self.pad_id = streams, batch_size, seq_len, pad_id
+        self.process_count = process_count
         self.phases, self.num_batches = phases, num_batches
         self.step, self.phase, self.counts, self.current = 0, 0, [0] * len(streams), 0
 
@@ -84,7 +86,9 @@ class _Batches(grain.DatasetIterator):
                 "current": self.current, "streams": [s.get_state() for s in self.streams]}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION or len(state.get("streams", ())) != len(self.streams):
+        version = state.get("version")
+        known = version == STATE_VERSION or (version == 1 and self.process_count == 1)
+        if not known or len(state.get("streams", ())) != len(self.streams):
             raise JaxlmError("saved data state does not match this data config (sources changed?); "
                              "resume with the same data section or start the data stream afresh")
         self.step, self.phase, self.current = int(state["step"]), int(state["phase"]), int(state["current"])
@@ -136,6 +140,8 @@ class BatchIterator:
         if isinstance(it, ThreadPrefetchDatasetIterator):
             it.close()
         del it  # collected now, while the interpreter is whole
+        for stream in self._batches.streams:  # no encoding left running in worker processes
+            stream.close()
 
 
 def make_batch_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
@@ -143,14 +149,12 @@ def make_batch_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: 
     """Endless training batches for this process (batch_size rows per process) from data_cfg.sources, or
     from the rows `jaxlm data prepare` wrote to data_cfg.prepared (jaxlm.data.prepared)."""
     if data_cfg.prepared:
-        from jaxlm.data.prepared import PreparedBatches
-
         return PreparedBatches(data_cfg, tokenizer, seq_len=seq_len, batch_size=batch_size, seed=seed,
                                process_index=process_index, process_count=process_count)
     streams = make_streams(data_cfg, data_cfg.sources, tokenizer, seq_len=seq_len, seed=seed, train=True,
                        process_index=process_index, process_count=process_count)
-    return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, data_cfg.phase_weights()),
-                         data_cfg.prefetch)
+    return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, data_cfg.phase_weights(),
+                                  process_count=process_count), data_cfg.prefetch)
 
 
 def make_eval_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: int, batch_size: int,
@@ -166,5 +170,5 @@ def make_eval_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: i
         raise ConfigError("data.validation is empty; add a held-out source (e.g. path: bundled:corpus/valid)")
     streams = make_streams(data_cfg, srcs, tokenizer, seq_len=seq_len, seed=0, train=False,
                        process_index=process_index, process_count=process_count)
-    return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, None, num_batches),
-                         data_cfg.prefetch)
+    return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, None, num_batches,
+                                  process_count), data_cfg.prefetch)

@@ -1,13 +1,13 @@
 """Lazy, resumable document readers: plain text, JSONL and Parquet files.
 
-A reader walks the files of one source in a fixed order (shuffled per epoch from the seed) and
-yields one document at a time; its position is four integers (epoch, file, offset, doc), so a
-resumed reader starts at the exact next document without reading what came before. Only the
-current document (or Parquet record batch) is ever in memory.
+A reader walks its process's pieces of one source (whole files or byte ranges, jaxlm.data.shards) in
+a fixed order (shuffled per epoch from the seed) and yields one document at a time; its position is
+four integers (epoch, piece, offset, doc), so a resumed reader starts at the exact next document
+without reading what came before. Only the current document (or Parquet record batch) is in memory.
 
 Bad input is either skipped and counted (`on_bad_record: skip`) or raised as a JaxlmError that
-names the file and byte offset (`error`). Counters: empty_file, unreadable_file, non_utf8,
-bad_json, missing_field.
+names the file and byte offset (`error`). Counters (BAD_RECORDS): empty_file, unreadable_file,
+non_utf8, bad_json, missing_field.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from jaxlm.assets import resolve_path
+from jaxlm.data import shards
 from jaxlm.data.config import SourceConfig
 from jaxlm.errors import JaxlmError
 
 _JSONL = {".jsonl", ".json", ".ndjson"}
 _PARQUET = {".parquet", ".pq"}
+BAD_RECORDS = ("empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field")
 
 
 def list_files(src: SourceConfig) -> list[Path]:
@@ -59,7 +61,7 @@ def file_format(src: SourceConfig, path: Path) -> str:
 
 def check_files(src: SourceConfig, files: list[Path]) -> None:
     """Fail at start (not mid-epoch) on empty or unreadable files when bad records are errors."""
-    for f in files:
+    for f in dict.fromkeys(files):
         try:
             with open(f, "rb") as fh:
                 empty = not fh.read(1)
@@ -71,13 +73,16 @@ def check_files(src: SourceConfig, files: list[Path]) -> None:
 
 
 class DocumentReader:
-    """Documents of one source. `next_doc()` -> text, or None after the last file when not repeating."""
+    """Documents of one source for one process. `next_doc()` -> text, or None after the last piece when
+    not repeating. `pieces`: what this process reads (shards.plan); `files` alone: all of them, whole."""
 
     def __init__(self, src: SourceConfig, files: list[Path], *, seed: int, source_index: int, shuffle: bool,
-                 repeat: bool, on_bad_record: str, counters: Counter):
-        self.src, self.files, self.seed, self.source_index = src, files, seed, source_index
+                 repeat: bool, on_bad_record: str, counters: Counter, pieces: list[shards.Piece] | None = None):
+        self.src, self.seed, self.source_index = src, seed, source_index
+        self.pieces = pieces if pieces is not None else [shards.Piece(f) for f in files]
         self.shuffle, self.repeat, self.strict = shuffle, repeat, on_bad_record == "error"
         self.counters = counters
+        self.bad_records = 0  # bad records counted by this reader (tells a caller that `counters` changed)
         self.epoch = self.file = self.offset = self.doc = 0
         self._order = self._file_order(0)
         self._fh = None  # open handle (binary file or parquet batch iterator) for self._order[self.file]
@@ -85,6 +90,8 @@ class DocumentReader:
 
     # -- position ---------------------------------------------------------------------------------
     def get_state(self) -> dict:
+        """`file` indexes this epoch's piece order; `offset` is a byte (Parquet: row) of that file,
+        below the piece's start before it is opened."""
         return {"epoch": self.epoch, "file": self.file, "offset": self.offset, "doc": self.doc}
 
     def set_state(self, state: dict) -> None:
@@ -92,11 +99,11 @@ class DocumentReader:
         self.epoch, self.file, self.offset, self.doc = (int(state[k]) for k in ("epoch", "file", "offset", "doc"))
         self._order = self._file_order(self.epoch)
 
-    def _file_order(self, epoch: int) -> list[Path]:
+    def _file_order(self, epoch: int) -> list[shards.Piece]:
         if not self.shuffle:
-            return list(self.files)
-        perm = np.random.default_rng((self.seed, self.source_index, epoch)).permutation(len(self.files))
-        return [self.files[i] for i in perm]
+            return list(self.pieces)
+        perm = np.random.default_rng((self.seed, self.source_index, epoch)).permutation(len(self.pieces))
+        return [self.pieces[i] for i in perm]
 
     # -- reading ----------------------------------------------------------------------------------
     def next_doc(self) -> str | None:
@@ -105,8 +112,9 @@ class DocumentReader:
             if self.file >= len(self._order):
                 if not self.repeat:
                     return None
-                if docs_at_epoch_start == self.doc == 0:  # went through every file, found nothing
-                    raise JaxlmError(f"data source {self.src.label!r} has no readable documents in {self.src.path}")
+                if docs_at_epoch_start == self.doc == 0:  # went through every piece, found nothing
+                    raise JaxlmError(f"data source {self.src.label!r} has no readable documents in {self.src.path} "
+                                     f"(in this process's {len(self.pieces)} file(s) or ranges)")
                 self.epoch, self.file, self.offset, self.doc = self.epoch + 1, 0, 0, 0
                 self._order = self._file_order(self.epoch)
                 docs_at_epoch_start = 0
@@ -119,25 +127,19 @@ class DocumentReader:
             self.file, self.offset = self.file + 1, 0
 
     def _read_one(self) -> str | None:
-        """Next document of the current file, or None at its end (bad records skipped or raised)."""
-        path = self._order[self.file]
-        fmt = file_format(self.src, path)
+        """Next document of the current piece, or None at its end (bad records skipped or raised)."""
+        piece = self._order[self.file]
+        if self._fh is None:  # a new piece: its format, once (not per document)
+            self._fmt = file_format(self.src, piece.path)
+        path, fmt = piece.path, self._fmt
+        unit = "line" if fmt == "jsonl" else self.src.unit
         while True:
             if fmt == "parquet":
-                return self._next_parquet(path)
-            if self._fh is None:
-                try:
-                    self._fh = open(path, "rb")
-                    if self.offset == 0 and os.fstat(self._fh.fileno()).st_size == 0:
-                        self._bad("empty_file", f"{path} is empty")
-                        return None
-                    self._fh.seek(self.offset)
-                except OSError as e:
-                    self._bad("unreadable_file", f"cannot read {path} ({e.strerror})")
-                    return None
+                return self._next_parquet(piece)
+            if self._fh is None and not self._open(piece, unit):
+                return None
             start = self.offset
-            unit = "line" if fmt == "jsonl" else self.src.unit
-            raw = self._read_unit(unit)
+            raw = self._read_unit(unit, piece)
             if raw is None:
                 return None
             try:
@@ -159,59 +161,90 @@ class DocumentReader:
                 continue
             return value
 
-    def _read_unit(self, unit: str) -> bytes | None:
-        fh = self._fh
+    def _open(self, piece: shards.Piece, unit: str) -> bool:
+        """Open the piece's file at self.offset (at its first record when starting it); False if unusable."""
+        try:
+            self._fh = open(piece.path, "rb")
+            if os.fstat(self._fh.fileno()).st_size == 0:
+                if piece.first:
+                    self._bad("empty_file", f"{piece.path} is empty")
+                return False
+            if self.offset <= piece.start:
+                self.offset = piece.start
+                if piece.start > 0 and unit != "file":
+                    self.offset = shards.align(self._fh, piece.start, unit)
+            self._fh.seek(self.offset)
+        except OSError as e:
+            if piece.first:
+                self._bad("unreadable_file", f"cannot read {piece.path} ({e.strerror})")
+            return False
+        return True
+
+    def _read_unit(self, unit: str, piece: shards.Piece) -> bytes | None:
+        """The next record that starts before the piece's end, read to its own end; advances self.offset."""
+        fh, end = self._fh, piece.end if piece.end is not None else float("inf")
         if unit == "file":
-            if self.offset > 0:
+            if self.offset > 0 or piece.start > 0 or end <= 0:  # the record at byte 0 is the range's holding 0
                 return None
             data = fh.read()
             self.offset = fh.tell()
             if not data.strip():
-                self._bad("empty_file", f"{self._order[self.file]} holds only white space")
+                self._bad("empty_file", f"{piece.path} holds only white space")
                 return None
             return data
         lines: list[bytes] = []
         while True:
+            if not lines and self.offset >= end:  # the next record starts in the next range
+                return None
             line = fh.readline()
             if not line:
                 break
+            self.offset += len(line)
             if not line.strip():
-                if unit == "line" or lines:
-                    self.offset = fh.tell()
-                    if lines:
-                        break
+                if lines:  # a blank line ends a paragraph
+                    break
                 continue
             lines.append(line)
             if unit == "line":
                 break
-        self.offset = fh.tell()
         if not lines:
             return None
         return b"".join(lines).rstrip(b"\r\n")
 
-    def _next_parquet(self, path: Path) -> str | None:
-        import pyarrow as pa
+    def _next_parquet(self, piece: shards.Piece) -> str | None:
+        import pyarrow as pa  # lazy: pyarrow is needed only for Parquet sources
         import pyarrow.parquet as pq
 
+        path = piece.path
         while True:
             if self._fh is None:
                 try:
                     pf = pq.ParquetFile(path)
                 except (OSError, pa.ArrowException) as e:
-                    self._bad("unreadable_file", f"cannot read {path} as Parquet ({str(e)[:120]})")
+                    if piece.first:
+                        self._bad("unreadable_file", f"cannot read {path} as Parquet ({str(e)[:120]})")
                     return None
                 if self.src.text_field not in pf.schema_arrow.names:
-                    self._bad("missing_field", f"{path} has no column {self.src.text_field!r} "
-                                               f"(columns: {pf.schema_arrow.names})")
+                    if piece.first:
+                        self._bad("missing_field", f"{path} has no column {self.src.text_field!r} "
+                                                   f"(columns: {pf.schema_arrow.names})")
                     return None
-                # Start at the row group holding row `offset`, then drop the rows before it.
-                group, skip = 0, self.offset
-                while group < pf.num_row_groups and skip >= pf.metadata.row_group(group).num_rows:
-                    skip -= pf.metadata.row_group(group).num_rows
-                    group += 1
-                self._fh = pf.iter_batches(batch_size=1024, row_groups=list(range(group, pf.num_row_groups)),
-                                           columns=[self.src.text_field])
-                self._rows, self._skip = [], skip
+                self.offset = max(self.offset, piece.start)
+                end = pf.metadata.num_rows if piece.end is None else min(piece.end, pf.metadata.num_rows)
+                # Read the row groups holding rows [offset, end), then drop the rows before `offset`.
+                group, first_row, groups = 0, 0, []
+                for g in range(pf.num_row_groups):
+                    n = pf.metadata.row_group(g).num_rows
+                    if first_row + n > self.offset and first_row < end:
+                        if not groups:
+                            group = first_row
+                        groups.append(g)
+                    first_row += n
+                self._fh = (pf.iter_batches(batch_size=1024, row_groups=groups, columns=[self.src.text_field])
+                            if groups else iter(()))
+                self._rows, self._skip, self._end = [], self.offset - group, end
+            if self.offset >= self._end:
+                return None
             if not self._rows:
                 batch = next(self._fh, None)
                 if batch is None:
@@ -231,6 +264,7 @@ class DocumentReader:
             raise JaxlmError(f"data source {self.src.label!r}: {message}; fix the input or set "
                              f"data.on_bad_record: skip")
         self.counters[kind] += 1
+        self.bad_records += 1
 
     def _close(self) -> None:
         if self._fh is not None and hasattr(self._fh, "close"):

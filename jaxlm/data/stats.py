@@ -8,13 +8,13 @@ import time
 import numpy as np
 
 from jaxlm.data.config import DataConfig, SourceConfig
+from jaxlm.data.pipeline import make_eval_iterator
 from jaxlm.tokenizer import Tokenizer
 
 
 def pass_stats(data_cfg: DataConfig, tokenizer: Tokenizer, srcs: tuple[SourceConfig, ...], *, seq_len: int,
                batch_size: int, max_batches: int | None = None) -> dict:
     """Run the pipeline once over `srcs` (unshuffled); counters plus rows, padding and tokens/s."""
-    from jaxlm.data.pipeline import make_eval_iterator
 
     data_cfg = dataclasses.replace(data_cfg, prefetch=0)  # counters exact at the end of the pass
     it = make_eval_iterator(data_cfg, tokenizer, seq_len=seq_len, batch_size=batch_size, sources_=srcs)

@@ -1,99 +1,176 @@
-"""One source as a stream of rows: read -> filter -> tokenize -> pack -> window-shuffle.
+"""One source as a stream of rows: read -> filter + tokenize -> pack -> window-shuffle.
+
+Documents are read in order by this process's reader (its own files or byte ranges of the source,
+jaxlm.data.shards), checked for exact duplicates (jaxlm.data.dedup, bounded memory), and sent in
+chunks to the encoder (jaxlm.data.workers: the length filters and batched tokenization, in this
+thread or in worker processes), which hands results back in order; packing takes them in that order.
+Reading runs a few chunks ahead of packing, so every document carries the reader position and
+bad-record counts from just before it was read.
 
 State (all small integers and counters, no tokens):
     anchor   where the current shuffle window began: the reader position and counters taken just
              before the document that was being packed, and the token offset inside it
     window   index of the current window;  taken: rows of it already handed out
 Restoring re-reads at most one document and rebuilds one window (`shuffle_window` rows), so the
-rows that follow are exactly those an uninterrupted stream would give.
-
-With N processes, document i of an epoch belongs to process i % N. Every process reads every
-document (reading is cheap; tokenizing is the cost) so that duplicate detection is global.
+rows that follow are exactly those an uninterrupted stream would give. With dedup, the hashes of
+the documents read earlier in the epoch are rebuilt by re-reading (not tokenizing) them.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from pathlib import Path
+from collections import Counter, deque
 
 import numpy as np
 
-from jaxlm.data import filters, packing, sources
+from jaxlm.data import filters, packing, shards, sources, workers
 from jaxlm.data.config import DataConfig, SourceConfig
-from jaxlm.data.sources import DocumentReader
+from jaxlm.data.dedup import SeenHashes
+from jaxlm.data.sources import BAD_RECORDS, DocumentReader
 from jaxlm.errors import ConfigError, JaxlmError
 from jaxlm.tokenizer import Tokenizer
 
+CHUNK_DOCS, CHUNK_CHARS = 2048, 1 << 16  # a chunk ends at whichever comes first
+
+
+class _Chunk:
+    """Documents read together. states[k] / bads[k]: reader position and bad-record counts just before
+    document k (index len(epochs): after the last one); the encoder's handle gives the non-duplicates' results."""
+
+    def __init__(self):
+        self.states: list[dict] = []
+        self.bads: list[dict] = []
+        self.epochs: list[int] = []
+        self.duplicate: list[bool] = []
+        self.handle = None
+        self.results: list | None = None
+        self.error: JaxlmError | None = None  # raised when the consumer reaches it, not earlier
+        self.last = False  # the reader ran out (a non-repeating source) after these documents
+
+    def result(self, k: int) -> tuple[str, np.ndarray | None]:
+        """(drop reason, None) or ("", int32 ids) of document k."""
+        if self.results is None:
+            reasons, lengths, ids = self.handle.result()
+            reasons, ends, at = iter(reasons), iter(np.cumsum(lengths).tolist()), 0
+            self.results = []
+            for dup in self.duplicate:
+                reason = "dropped_duplicate" if dup else next(reasons)
+                if reason:
+                    self.results.append((reason, None))
+                else:
+                    end = next(ends)
+                    self.results.append(("", ids[at:end]))
+                    at = end
+        return self.results[k]
+
 
 class SourceStream:
-    def __init__(self, src: SourceConfig, files: list[Path], tokenizer: Tokenizer, *, source_index: int,
-                 seq_len: int, mode: str, add_bos: bool, add_eos: bool, min_chars: int, min_tokens: int,
-                 dedup: bool, seed: int, shuffle: bool, shuffle_window: int, repeat: bool, on_bad_record: str,
-                 process_index: int = 0, process_count: int = 1):
-        self.src, self.tok, self.seq_len, self.mode = src, tokenizer, seq_len, mode
-        self.add_bos, self.add_eos = add_bos, add_eos
-        self.min_chars, self.min_tokens, self.dedup = min_chars, min_tokens, dedup
+    def __init__(self, src: SourceConfig, pieces: list[shards.Piece], encoder: workers.Encoder, *,
+                 source_index: int, seq_len: int, mode: str, dedup_capacity: int, seed: int, shuffle: bool,
+                 shuffle_window: int, repeat: bool, on_bad_record: str):
+        """dedup_capacity: hashes the duplicate memory keeps (0: no dedup)."""
+        self.src, self.encoder, self.tok, self.seq_len, self.mode = src, encoder, encoder.tok, seq_len, mode
         self.seed, self.source_index, self.shuffle = seed, source_index, shuffle
         self.window_size = shuffle_window if shuffle else 1
-        self.process_index, self.process_count = process_index, process_count
-        self.counters: Counter = Counter()
-        # Bad records are counted by process 0 only, so per-process counts add up to the corpus total.
-        reader_args = dict(seed=seed, source_index=source_index, shuffle=shuffle, repeat=repeat,
-                           on_bad_record=on_bad_record)
-        self._reader_args, self._files = reader_args, files
-        self.reader = DocumentReader(src, files, counters=self.counters if process_index == 0 else Counter(),
-                                     **reader_args)
-        self._seen: set[int] = set()
+        self._reader_args = dict(seed=seed, source_index=source_index, shuffle=shuffle, repeat=repeat,
+                                 on_bad_record=on_bad_record, pieces=pieces)
+        self.reader = DocumentReader(src, [], counters=Counter(), **self._reader_args)
+        self._counts: Counter = Counter()  # documents, tokens, dropped_*, truncated_tokens (bad records: reader)
+        self._seen = SeenHashes(dedup_capacity) if dedup_capacity else None
         self._seen_epoch = 0
         self._kept_epoch = 0
+        self._chunks: deque[_Chunk] = deque()  # read and submitted, not yet taken
+        self._chunk, self._k = None, 0  # the chunk being taken from, and its next document
         self._doc: np.ndarray | None = None  # the document being packed
-        self._doc_snap: tuple[dict, dict] | None = None  # (reader state, counters) just before reading it
+        self._doc_snap: tuple[dict, dict] | None = None  # (reader state, bad-record counts) just before reading it
         self._off = 0
         self._window: list | None = None
         self._window_index = 0
         self._taken = 0
         self._anchor = self._pack_state()
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Counts up to the last document taken: kept documents and tokens, every drop, bad records."""
+        return {**self._position()[1], **self._counts}
+
     # -- documents --------------------------------------------------------------------------------
-    def _next_doc(self) -> tuple[np.ndarray | None, tuple[dict, dict]]:
-        reader, c = self.reader, self.counters
+    def _read_chunk(self) -> _Chunk:
+        """Read documents up to a chunk's size, check them for duplicates, submit the rest for encoding."""
+        chunk, reader, texts, chars = _Chunk(), self.reader, [], 0
+        bads, bad_total = dict(reader.counters), reader.bad_records
         while True:
-            snap = (reader.get_state(), dict(c))
-            text = reader.next_doc()
+            if reader.bad_records != bad_total:  # copied only when it changed: most documents share one dict
+                bads, bad_total = dict(reader.counters), reader.bad_records
+            chunk.states.append(reader.get_state())
+            chunk.bads.append(bads)
+            if len(chunk.epochs) >= CHUNK_DOCS or chars >= CHUNK_CHARS:
+                break
+            try:
+                text = reader.next_doc()
+            except JaxlmError as e:
+                chunk.error = e
+                break
             if text is None:
-                return None, snap
-            if reader.epoch - self._kept_epoch >= 2:
-                raise JaxlmError(f"data source {self.src.label!r}: a whole epoch passed with every document "
-                                 f"dropped ({dict(c)}); loosen data.filters or fix the source")
-            index = reader.doc - 1
+                chunk.states[-1], chunk.bads[-1] = reader.get_state(), dict(reader.counters)
+                chunk.last = True
+                break
             duplicate = False
-            if self.dedup:
+            if self._seen is not None:
                 if reader.epoch != self._seen_epoch:
-                    self._seen, self._seen_epoch = set(), reader.epoch
-                h = filters.doc_hash(text)
-                duplicate = h in self._seen
-                self._seen.add(h)
-            if index % self.process_count != self.process_index:
-                continue
-            if duplicate:
-                c["dropped_duplicate"] += 1
-                continue
-            if not text.strip():
-                c["dropped_empty_document"] += 1
-                continue
-            if filters.too_few_chars(text, self.min_chars):
-                c["dropped_too_few_chars"] += 1
-                continue
-            ids = self.tok.encode(text)
-            if len(ids) < self.min_tokens:
-                c["dropped_too_few_tokens"] += 1
-                continue
-            doc = np.asarray(([self.tok.bos_id] if self.add_bos else []) + ids +
-                             ([self.tok.eos_id] if self.add_eos else []), np.int32)
-            c["documents"] += 1
-            c["tokens"] += len(doc)
-            self._kept_epoch = reader.epoch
-            return doc, snap
+                    self._seen.clear()
+                    self._seen_epoch = reader.epoch
+                duplicate = self._seen.add(filters.doc_hash(text))
+            chunk.epochs.append(reader.epoch)
+            chunk.duplicate.append(duplicate)
+            if not duplicate:
+                texts.append(text)
+                chars += len(text)
+        chunk.handle = self.encoder.submit(texts)
+        return chunk
+
+    def _position(self) -> tuple[dict, dict]:
+        """(reader state, bad-record counts) just before the next document to take."""
+        if self._chunk is not None:
+            return self._chunk.states[self._k], self._chunk.bads[self._k]
+        return self.reader.get_state(), dict(self.reader.counters)
+
+    def _next_doc(self) -> tuple[np.ndarray | None, tuple[dict, dict]]:
+        """The next kept document's ids and the (reader state, bad-record counts) from just before it was read.
+        The other counters from just then are the current ones less this document (`_pack_state`)."""
+        while True:
+            chunk, k = self._chunk, self._k
+            if chunk is not None and k < len(chunk.epochs):
+                snap = (chunk.states[k], chunk.bads[k])
+                reason, doc = chunk.result(k)
+                self._k += 1
+                if chunk.epochs[k] - self._kept_epoch >= 2:
+                    raise JaxlmError(f"data source {self.src.label!r}: a whole epoch passed with every document "
+                                     f"dropped ({self.counters}); loosen data.filters or fix the source")
+                if reason:
+                    self._counts[reason] += 1
+                    continue
+                self._counts["documents"] += 1
+                self._counts["tokens"] += len(doc)
+                self._kept_epoch = chunk.epochs[k]
+                return doc, snap
+            if chunk is not None and chunk.error is not None:
+                raise chunk.error
+            if chunk is not None and chunk.last:
+                return None, (chunk.states[-1], chunk.bads[-1])
+            while len(self._chunks) <= self.encoder.in_flight and not (
+                    self._chunks and (self._chunks[-1].last or self._chunks[-1].error)):
+                self._chunks.append(self._read_chunk())
+            self._chunk, self._k = self._chunks.popleft(), 0
+
+    def _drop_chunks(self) -> None:
+        """Forget what was read ahead (waiting for encodings already running)."""
+        chunks = list(self._chunks) + ([self._chunk] if self._chunk is not None else [])
+        workers.wait_all([c.handle for c in chunks])
+        self._chunks.clear()
+        self._chunk, self._k = None, 0
+
+    def close(self) -> None:
+        self._drop_chunks()
 
     # -- rows -------------------------------------------------------------------------------------
     def _make_row(self) -> dict[str, np.ndarray] | None:
@@ -103,9 +180,9 @@ class SourceStream:
             if doc is None:
                 return None
             row, lost = packing.padded_row(doc, self.seq_len, pad)
-            self.counters["truncated_tokens"] += lost
+            self._counts["truncated_tokens"] += lost
             return row
-        row, at, segment = packing.empty_row(self.seq_len, pad), 0, 0
+        pieces, at = [], 0
         while at < self.seq_len:
             if self._doc is None:
                 doc, snap = self._next_doc()
@@ -113,12 +190,11 @@ class SourceStream:
                     break
                 self._doc, self._doc_snap, self._off = doc, snap, 0
             n = min(self.seq_len - at, len(self._doc) - self._off)
-            segment += 1
-            packing.place(row, at, self._doc, self._off, n, segment)
+            pieces.append((self._doc, self._off, n))
             at, self._off = at + n, self._off + n
             if self._off == len(self._doc):
                 self._doc = None
-        return row if at else None
+        return packing.packed_row(pieces, self.seq_len, pad) if at else None
 
     def _fill_window(self) -> None:
         self._anchor = self._pack_state()
@@ -150,16 +226,22 @@ class SourceStream:
     # -- state ------------------------------------------------------------------------------------
     def _pack_state(self) -> dict:
         if self._doc is not None:
-            reader_state, counters = self._doc_snap
-            return {"reader": dict(reader_state), "counters": dict(counters), "offset": self._off}
-        return {"reader": self.reader.get_state(), "counters": dict(self.counters), "offset": 0}
+            reader_state, bads = self._doc_snap
+            before = Counter(self._counts)  # the document being packed is the last one counted: take it out
+            before.subtract({"documents": 1, "tokens": len(self._doc)})
+            counts = {k: v for k, v in before.items() if v or k not in ("documents", "tokens")}
+            return {"reader": dict(reader_state), "counters": {**bads, **counts}, "offset": self._off}
+        return {"reader": dict(self._position()[0]), "counters": self.counters, "offset": 0}
 
     def _restore_pack(self, state: dict) -> None:
+        self._drop_chunks()
         self.reader.set_state(state["reader"])
-        self.counters.clear()
-        self.counters.update({k: int(v) for k, v in state["counters"].items()})
+        counts = {k: int(v) for k, v in state["counters"].items()}
+        self.reader.counters.clear()
+        self.reader.counters.update({k: v for k, v in counts.items() if k in BAD_RECORDS})
+        self._counts = Counter({k: v for k, v in counts.items() if k not in BAD_RECORDS})
         self._kept_epoch = self.reader.epoch
-        if self.dedup:
+        if self._seen is not None:
             self._rebuild_seen()
         self._doc = None
         if state["offset"]:
@@ -172,9 +254,10 @@ class SourceStream:
     def _rebuild_seen(self) -> None:
         """Hashes of the documents read earlier in this epoch: re-read (not tokenized) from the epoch start."""
         target = self.reader.get_state()
-        scan = DocumentReader(self.src, self._files, counters=Counter(), **self._reader_args)
+        scan = DocumentReader(self.src, [], counters=Counter(), **self._reader_args)
         scan.set_state({"epoch": target["epoch"], "file": 0, "offset": 0, "doc": 0})
-        self._seen, self._seen_epoch = set(), target["epoch"]
+        self._seen.clear()
+        self._seen_epoch = target["epoch"]
         while scan.doc < target["doc"]:
             text = scan.next_doc()
             if text is None:
@@ -183,7 +266,7 @@ class SourceStream:
 
     def get_state(self) -> dict:
         """`counters` (documents read so far, up to the current window) is for reporting; resume uses the rest."""
-        live = dict(self.counters)
+        live = self.counters
         if self._window is None:
             return {"anchor": self._pack_state(), "window": self._window_index, "taken": 0, "counters": live}
         return {"anchor": self._anchor, "window": self._window_index, "taken": self._taken, "counters": live}
@@ -198,20 +281,23 @@ class SourceStream:
 
 def make_streams(cfg: DataConfig, srcs: tuple[SourceConfig, ...], tokenizer: Tokenizer, *, seq_len: int, seed: int,
                  train: bool, process_index: int, process_count: int) -> list[SourceStream]:
-    """One stream per source of `srcs`: training (shuffled, repeating) or one pass in file order."""
+    """One stream per source of `srcs` (this process's share of it): training (shuffled, repeating) or
+    one pass in file order."""
     if seq_len < 1:
         raise ConfigError(f"seq_len must be >= 1, got {seq_len}")
     if not 0 <= process_index < process_count:
         raise ConfigError(f"process_index {process_index} is outside [0, {process_count})")
     min_chars, min_tokens, dedup = cfg.filters.resolved()
+    encoder = workers.Encoder(tokenizer, workers.Rules(min_chars, min_tokens, cfg.add_bos, cfg.add_eos), cfg.workers)
     out = []
     for i, src in enumerate(srcs):
         files = sources.list_files(src)
+        pieces = shards.plan(src, files, lambda f, src=src: sources.file_format(src, f), process_index,
+                             process_count, need_records=train)
         if cfg.on_bad_record == "error":
-            sources.check_files(src, files)
+            sources.check_files(src, [p.path for p in pieces])
         out.append(SourceStream(
-            src, files, tokenizer, source_index=i, seq_len=seq_len, mode=cfg.mode, add_bos=cfg.add_bos,
-            add_eos=cfg.add_eos, min_chars=min_chars, min_tokens=min_tokens, dedup=dedup, seed=seed,
-            shuffle=cfg.shuffle and train, shuffle_window=cfg.shuffle_window, repeat=train,
-            on_bad_record=cfg.on_bad_record, process_index=process_index, process_count=process_count))
+            src, pieces, encoder, source_index=i, seq_len=seq_len, mode=cfg.mode,
+            dedup_capacity=cfg.filters.dedup_capacity if dedup else 0, seed=seed, shuffle=cfg.shuffle and train,
+            shuffle_window=cfg.shuffle_window, repeat=train, on_bad_record=cfg.on_bad_record))
     return out
