@@ -4,9 +4,10 @@
 layout for the target) and reports XLA's cost analysis. On a CPU, f32 decode once moved about
 three times the weight bytes (each layer's weights copied out of the scanned stack, the attention
 output weight transposed, the cache transposed twice per layer); the bounds below fail if any of
-that comes back. Quantized weights on the CPU take XLA's dequantize-then-dot, which writes the
-float weight (docs/inference.md), so only the float formats are bounded here; the TPU kernels'
-reads of packed codes are checked in test_kernels_qmatmul.py.
+that comes back. Quantized weights on the CPU dequantize a chunk of K at a time into cache-sized
+float32 temporaries, which the cost analysis counts as bytes accessed (docs/inference.md), so only
+the float formats are bounded here; that the chunks stay small is checked in
+test_kernels_qmatmul_streamed.py, and the TPU kernels' reads of packed codes in test_kernels_qmatmul.py.
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@
 impl "auto" picks per target platform (`AUTO` in dispatch): the Pallas kernel on GPU and TPU
 (kernels_pallas.qmatmul), which reads the packed codes and dequantizes them block by block in
 SRAM / VMEM, so the float weight never exists in HBM; XLA on a CPU, where Pallas only interprets.
-3- and 2-bit codes (the study's widths) have no kernel and always take the XLA path.
+3- and 2-bit codes (the study's widths) have no kernel and always take the one-dot XLA reference.
 
-The XLA path dequantizes the weight and runs one dot. On XLA:CPU the dequantized (K, N) float
-weight is materialised (XLA:CPU does not fuse elementwise producers into a dot), which is why
-quantized CPU decode does not get faster with fewer bytes (docs/inference.md).
+impl "xla" on a CPU is `qmatmul_streamed`: it dequantizes K a chunk at a time inside a loop.
+XLA:CPU does not fuse a dequantize into a dot, and inside the decode loop it hoists a whole-weight
+dequantize out of the loop as loop-invariant, so the one-dot form would hold a float32 copy of
+every quantized weight during generation (docs/inference.md). On GPU and TPU "xla" is the one-dot
+reference, whose dequantize those compilers fuse into the matmul's operand.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.qmatmul as pallas_qmatmul
-from jaxlm.ops.dispatch import as_jaxlm_error, pallas_target, resolve_impl
+from jaxlm.ops.dispatch import as_jaxlm_error, pallas_target, resolve_impl, target_platform
 from jaxlm.ops.sharded import per_shard
 
 
@@ -31,7 +33,11 @@ def quantized_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax
     """
     impl = resolve_impl(impl, "qmatmul")
     x = x.astype(dtype)
-    if impl != "pallas" or bits not in pallas_qmatmul.SUPPORTED_BITS:
+    if bits not in pallas_qmatmul.SUPPORTED_BITS:
+        return pallas_qmatmul.qmatmul_reference(x, codes, scale, zero, bits=bits, out_dtype=dtype)
+    if impl != "pallas":
+        if target_platform() == "cpu":
+            return pallas_qmatmul.qmatmul_streamed(x, codes, scale, zero, bits=bits, out_dtype=dtype)
         return pallas_qmatmul.qmatmul_reference(x, codes, scale, zero, bits=bits, out_dtype=dtype)
     platform, interpret = pallas_target()
     kernel = functools.partial(pallas_qmatmul.qmatmul, bits=bits, platform=platform, interpret=interpret,

@@ -5,12 +5,14 @@ copy of the weight.
 `qmatmul(x, codes, scale, zero, bits=..., platform="gpu" | "tpu", out_dtype=..., block_m=...,
 block_n=..., block_k=..., interpret=...)` takes the jaxlm.quant.formats layout (see common.py);
 `qmatmul_reference` is the XLA dequantize-and-matmul (the test oracle, and the path for 3- and
-2-bit codes, which have no kernel).
+2-bit codes, which have no kernel); `qmatmul_streamed` is the XLA form that dequantizes K a chunk at
+a time (for XLA:CPU, which would otherwise write the whole float weight).
 """
 
 from kernels_pallas.qmatmul import gpu, tpu
 from kernels_pallas.qmatmul.common import SUPPORTED_BITS, check_inputs
 from kernels_pallas.qmatmul.reference import dequantize_reference, qmatmul_reference
+from kernels_pallas.qmatmul.streamed import qmatmul_streamed
 
 _VARIANTS = {"gpu": gpu, "tpu": tpu}
 
@@ -28,4 +30,4 @@ def qmatmul(x, codes, scale, zero=None, *, bits: int, platform: str = "gpu", **o
     return y.reshape(lead + (codes.shape[1],))
 
 
-__all__ = ["SUPPORTED_BITS", "check_inputs", "dequantize_reference", "qmatmul", "qmatmul_reference"]
+__all__ = ["SUPPORTED_BITS", "check_inputs", "dequantize_reference", "qmatmul", "qmatmul_reference", "qmatmul_streamed"]
