@@ -7,6 +7,7 @@
 
 def __getattr__(name):
     if name == "load":
+        # lazy: keeps `import jaxlm` light (inference loads JAX and the model)
         from jaxlm.inference.api import load
 
         return load

@@ -10,6 +10,7 @@ a corrupt safetensors or Orbax file) are mapped to one line too (`user_message`)
 from __future__ import annotations
 
 import errno
+import json
 import os
 import traceback
 from pathlib import Path
@@ -75,8 +76,7 @@ def os_message(e: OSError, path: str | Path | None = None) -> str:
 
 def user_message(e: BaseException) -> str | None:
     """The one-line message for a failure caused by bad input, or None for a programming error."""
-    import json
-
+    # lazy: yaml only classifies a failure; `import jaxlm.errors` (imported everywhere) stays light
     import yaml
 
     if isinstance(e, JaxlmError):

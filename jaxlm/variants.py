@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from flax import nnx
 
+from jaxlm.lora.adapters import apply_lora
 from jaxlm.lora.config import LoraConfig
+from jaxlm.model import abstract_model, build_model, to_bucketed, to_stored
 from jaxlm.model.config import ModelConfig
 from jaxlm.quant.config import QuantConfig
+from jaxlm.quant.model import is_quantized, quantize_model
 
 
 def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, abstract: bool = False,
@@ -24,10 +27,6 @@ def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, a
     """The run's model: `base` (a loaded model), or else a fresh init from `seed` (ShapeDtypeStruct
     leaves when `abstract`), quantized when `quant.enabled` and not quantized yet, then wrapped with
     adapters when `lora.enabled`. A plain model gets model_cfg's layer buckets."""
-    from jaxlm.lora.adapters import apply_lora
-    from jaxlm.model import abstract_model, build_model, to_bucketed, to_stored
-    from jaxlm.quant.model import is_quantized, quantize_model
-
     plain = not (quant.enabled or lora.enabled)
     cfg = model_cfg if plain else model_cfg.stored()
     if base is None:

@@ -1,8 +1,11 @@
 """The import structure, read from the source (ast), function-level imports included: packages import
 only packages below them in LAYERS, no module imports itself back through others, and the
-kernels never import the library. Imports under `if TYPE_CHECKING:` are annotations, not counted."""
+kernels never import the library. Imports under `if TYPE_CHECKING:` are annotations, not counted.
+A function-level import is there only to keep an import light, and says so in a comment."""
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +120,41 @@ def test_no_import_cycle_between_modules():
         if v not in index:
             visit(v)
     assert not cycles, cycles
+
+
+def _function_level_imports(tree: ast.AST) -> list[ast.stmt]:
+    found = []
+
+    def walk(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append(child)
+            walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    walk(tree, False)
+    return found
+
+
+def test_every_function_level_import_says_why_it_is_lazy():
+    """A function-level import carries a comment saying why ("lazy: ..."): on its own line(s), or for a
+    block of consecutive imports (blank lines allowed between them) on the comment line directly above
+    the block or on an import above it in the block."""
+    uncommented = []
+    for f in _modules().values():
+        source = f.read_text()
+        lines = source.splitlines()
+        comments = {tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                    if tok.type == tokenize.COMMENT}
+        imports = _function_level_imports(ast.parse(source))
+        import_lines = {n for node in imports for n in range(node.lineno, node.end_lineno + 1)}
+        for node in imports:
+            own = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+            above = node.lineno - 1
+            while above in import_lines or (above >= 1 and not lines[above - 1].strip()):
+                own += [comments[above]] if above in comments else []  # an import above it in the block
+                above -= 1
+            if above >= 1 and lines[above - 1].lstrip().startswith("#"):
+                own.append(comments[above])
+            if not any("lazy" in c for c in own):
+                uncommented.append(f"{f.relative_to(REPO)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not uncommented, "function-level imports without a `# lazy: why` comment:\n" + "\n".join(uncommented)

@@ -6,6 +6,9 @@ import contextlib
 import os
 import sys
 
+import jax
+from jax.experimental import topologies
+
 from jaxlm.errors import JaxlmError
 
 # Per-chip HBM that the TPU compiler lets a program use (libtpu's "available HBM" in its
@@ -21,7 +24,7 @@ CHIP_HBM_GIB: dict[str, float] = {
 def topology_devices(name: str) -> list:
     """The TPU devices of a topology such as "v5e:2x4" or "v5p:2x2x1" (compile-only: they cannot run)."""
     try:
-        import libtpu  # noqa: F401  (only to tell a missing install from a bad name)
+        import libtpu  # noqa: F401  (lazy: the optional tpu extra; only to tell a missing install from a bad name)
     except ImportError:
         raise JaxlmError("compiling for a TPU topology needs libtpu; install the extra: "
                          "pip install 'jaxlm[tpu]' (it pins jax[tpu] to the installed jax)") from None
@@ -30,8 +33,6 @@ def topology_devices(name: str) -> list:
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    import jax
-    from jax.experimental import topologies
 
     # A compile-only executable has no client to be reloaded into: a persistent compilation cache
     # (JAX_COMPILATION_CACHE_DIR) would store it and then warn on every later read. The compile is

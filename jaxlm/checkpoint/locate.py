@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jaxlm.checkpoint.params_io import params_item
 from jaxlm.errors import JaxlmError
+from jaxlm.tokenizer import load_tokenizer
 
 
 def finished_steps(ckpt_dir: Path) -> list[int]:
@@ -52,7 +53,5 @@ def _locate(path: Path) -> tuple[Path, Path]:
 
 def load_tokenizer_for(path: str | Path):
     """The tokenizer saved with a model dir or run dir (or beside a checkpoint step)."""
-    from jaxlm.tokenizer import load_tokenizer
-
     config_dir, _ = locate(path)
     return load_tokenizer(config_dir)

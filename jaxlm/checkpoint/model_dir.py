@@ -20,11 +20,15 @@ import numpy as np
 import yaml
 from flax import nnx
 
+from jaxlm.checkpoint.locate import locate
 from jaxlm.checkpoint.params_io import (ParamWriter, flatten, layer_leaves, nest, per_layer, quiet_absl,
                                         restack)
 from jaxlm.config import RunConfig, from_dict, to_dict
 from jaxlm.errors import JaxlmError
+from jaxlm.lora.config import LoraConfig
+from jaxlm.model import stored_tree
 from jaxlm.outputs import output_path
+from jaxlm.variants import model_for
 
 
 TOKENIZER_GLOBS = ("tokenizer*", "*.tiktoken")
@@ -40,8 +44,6 @@ def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_fi
                overwrite: bool = False, inputs: list[str | Path] = ()) -> Path:
     """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically. `inputs`:
     the paths the model was read from, which `path` must not overlap."""
-    from jaxlm.model import stored_tree
-
     params = flatten(stored_tree(model.cfg, nnx.state(model, nnx.Param).to_pure_dict()))  # unpadded layers
     leaves = ((p, np.asarray(x)) for p, x in layer_leaves(params))  # one layer on the host at a time
     return write_model_dir(path, run_cfg, leaves, extra_files, overwrite, inputs)
@@ -88,12 +90,9 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
     The model comes in the stored layout (`ModelConfig.stored()`: no layer buckets), the one weight
     transforms (quantization, LoRA, export) work on; `jaxlm.model.to_bucketed` pads it for speed.
     """
+    # lazy: Orbax (and metadata, which imports it) loads on the first read, not with `import jaxlm.checkpoint`
     import orbax.checkpoint as ocp
-
-    from jaxlm.checkpoint.locate import locate
-    from jaxlm.lora.config import LoraConfig
     from jaxlm.checkpoint.metadata import check_param_shapes, corrupt, saved_param_shapes
-    from jaxlm.variants import model_for
 
     config_dir, params_dir = locate(path)
     run_cfg = run_cfg or read_config(config_dir)

@@ -23,7 +23,11 @@ import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from jaxlm.errors import JaxlmError
 
 LeafPath = tuple[str, ...]
 GROUPS, LAYERS = "groups", "layers"
@@ -71,9 +75,6 @@ def layer_leaves(leaves: dict[LeafPath, object], take=lambda x, j: x[j]) -> Iter
 def restack(target, restored: dict[LeafPath, object]):
     """A tree shaped like `target` (stacked, abstract) from the per-layer leaves `restored` (consumed,
     so each layer's array can be freed once stacked)."""
-    import jax
-    import jax.numpy as jnp
-
     offsets = layer_offsets(flatten(target, lambda x: x.shape))
 
     def leaf(keypath, x):
@@ -91,8 +92,6 @@ def key_names(keypath) -> LeafPath:
 
 
 def flatten(tree, fn=lambda x: x) -> dict[LeafPath, object]:
-    import jax
-
     return {key_names(p): fn(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -119,6 +118,7 @@ class ParamWriter:
     """Write a params folder from (path, array) pairs arriving one at a time; `close` commits it."""
 
     def __init__(self, params_dir: Path, batch_bytes: int | None = None):
+        # lazy: Orbax loads when a model dir is written, not with `import jaxlm.checkpoint`
         from orbax.checkpoint.experimental.v1 import partial
 
         self.params_dir = Path(params_dir)
@@ -155,6 +155,7 @@ class ParamWriter:
     def _flush(self) -> None:
         if not self._batch:
             return
+        # lazy: Orbax, as above
         import orbax.checkpoint.experimental.v1 as ocp_v1
 
         ctx = ocp_v1.Context()
@@ -170,7 +171,7 @@ class ParamReader:
     at a time."""
 
     def __init__(self, params_dir: Path):
-        import jax
+        # lazy: Orbax loads when a params folder is read, not with `import jaxlm.checkpoint`
         import orbax.checkpoint as ocp
 
         self.item = params_item(params_dir)
@@ -189,6 +190,7 @@ class ParamReader:
             self._meta[name] = leaf
             self.shapes[name] = (tuple(leaf.shape), np.dtype(leaf.dtype))
         if not self.shapes:  # e.g. manifest.ocdbt deleted: Orbax reads an empty tree
+            # lazy: metadata imports Orbax
             from jaxlm.checkpoint.metadata import corrupt
 
             raise corrupt(self.item, None)
@@ -228,6 +230,7 @@ class ParamReader:
             return np.asarray(store[layer].read().result())
 
     def _open(self, path: LeafPath):
+        # lazy: loaded with Orbax, when a layer is read
         import tensorstore as ts
 
         meta = self._meta[path]
@@ -242,7 +245,7 @@ class ParamReader:
 @contextlib.contextmanager
 def _readable(item: Path):
     """Orbax and tensorstore raise plain Exceptions on damaged files: one JaxlmError naming them."""
-    from jaxlm.errors import JaxlmError
+    # lazy: metadata imports Orbax
     from jaxlm.checkpoint.metadata import corrupt
 
     try:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from jaxlm.checkpoint.locate import load_tokenizer_for, locate
+from jaxlm.checkpoint.model_dir import load_model, save_model, tokenizer_files
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import check_output
+from jaxlm.quant.calibration import DEFAULT_SOURCE, calibration_batches
 from jaxlm.quant.config import QuantConfig
+from jaxlm.quant.gptq import collect_hessians, gptq_quantize_fn
 from jaxlm.quant.model import check_scheme, quantize_model
+
 
 def quantize_model_dir(src: str | Path, out: str | Path, qcfg: QuantConfig, calib_source: str | Path | None = None,
                         overwrite: bool = False, log=print) -> Path:
     """Load `src` (model dir or run dir), quantize with `qcfg` (RTN or GPTQ), write the model dir `out`."""
-    from jaxlm.checkpoint.locate import locate
-    from jaxlm.checkpoint.model_dir import load_model, save_model, tokenizer_files
-    from jaxlm.outputs import check_output
-
     if not qcfg.enabled:
         raise JaxlmError("nothing to quantize: bits is 16 and embed_bits is 16; choose --bits 8, 4, 3 or 2")
     config_dir, _ = locate(src)
@@ -36,10 +38,6 @@ def quantize_model_dir(src: str | Path, out: str | Path, qcfg: QuantConfig, cali
     check_scheme(model, qcfg)
     quantize_fn = None
     if qcfg.method == "gptq" and qcfg.bits < 16:
-        from jaxlm.checkpoint.locate import load_tokenizer_for
-        from jaxlm.quant.calibration import DEFAULT_SOURCE, calibration_batches
-        from jaxlm.quant.gptq import collect_hessians, gptq_quantize_fn
-
         seq_len = min(qcfg.calib_seq_len, run_cfg.model.max_context)
         batches = calibration_batches(load_tokenizer_for(src), calib_source or DEFAULT_SOURCE, qcfg.calib_batches,
                                       qcfg.calib_batch_size, seq_len, run_cfg.seed)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import jax
@@ -78,8 +79,6 @@ class RunCheckpoints:
 
     def abandon(self) -> None:
         """After a failure: end the manager without raising again, and remove unfinished saves."""
-        import shutil
-
         try:
             self.close()
         except Exception:  # the save that failed reports again here

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 
+from jaxlm.assets import resolve_path
+from jaxlm.errors import JaxlmError
+
 
 def add_chat_args(p) -> None:
     p.add_argument("--chat", action="store_true",
@@ -20,9 +23,6 @@ def add_chat_args(p) -> None:
 
 
 def read_template(path: str | None) -> str | None:
-    from jaxlm.assets import resolve_path
-    from jaxlm.errors import JaxlmError
-
     if path is None:
         return None
     p = resolve_path(path)
@@ -35,7 +35,7 @@ def read_template(path: str | None) -> str | None:
 
 
 def run_chat(lm, args, sampling: dict) -> int:
-    from jaxlm.errors import JaxlmError
+    # lazy: keeps `jaxlm --help` fast (jaxlm.inference loads JAX)
     from jaxlm.inference.chat import template_of
 
     template = template_of(lm.tokenizer, read_template(args.chat_template))  # no template: the error comes now

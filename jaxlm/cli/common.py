@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,10 +45,7 @@ def start_backend() -> None:
     """Start JAX's backend (commands that run models call this first) with file descriptor 2
     captured: libtpu's probe lines on a host without a TPU are dropped (a failed start becomes the
     CLI's one-line error), every other line is passed on."""
-    import os
-    import tempfile
-
-    import jax
+    import jax  # lazy: keeps `jaxlm --help` fast (every command imports this module)
 
     sys.stderr.flush()
     with tempfile.TemporaryFile() as captured:

@@ -8,6 +8,7 @@ Needs libtpu (`pip install 'jaxlm[tpu]'`); the host's own devices are not used.
 from __future__ import annotations
 
 from jaxlm.cli.common import add_config_args
+from jaxlm.config import load_run_config
 
 
 def register(sub) -> None:
@@ -27,8 +28,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    # lazy: keeps `jaxlm --help` fast (the AOT programs and the mesh load JAX)
     from jaxlm.aot import chip_hbm_bytes, compile_and_report, decode_programs, topology_devices, train_program
-    from jaxlm.config import load_run_config
     from jaxlm.parallel import make_mesh
 
     overrides = list(args.overrides)
@@ -57,6 +58,7 @@ def run(args) -> int:
         previous = report.output_shardings
         print("\n".join(report.lines()))
         if report.fits is False:
+            # lazy: as above
             from jaxlm.aot import DoesNotFit
 
             raise DoesNotFit(f"{name} does not fit: needs {report.peak_bytes / 2 ** 30:.2f} GiB of "

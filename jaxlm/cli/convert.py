@@ -30,6 +30,7 @@ def register(sub) -> None:
 
 
 def run_to_hf(args) -> int:
+    # lazy: keeps `jaxlm --help` fast (conversion loads JAX and the checkpoint code)
     from jaxlm.convert import to_hf
 
     out = to_hf(args.ckpt, args.out, fmt=args.format, dtype=args.dtype, max_shard_size=args.max_shard_size,
@@ -39,6 +40,7 @@ def run_to_hf(args) -> int:
 
 
 def run_from_hf(args) -> int:
+    # lazy: keeps `jaxlm --help` fast (conversion loads JAX and the checkpoint code)
     from jaxlm.convert import from_hf
 
     out = from_hf(args.hf, args.out, dtype=args.dtype, allow_pickle=args.allow_pickle, overwrite=args.overwrite)

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import time
+
 from jaxlm.cli.common import add_config_args, positive_int
+from jaxlm.config import load_run_config
+from jaxlm.errors import JaxlmError
 
 
 def register(sub) -> None:
@@ -26,9 +30,7 @@ def register(sub) -> None:
 
 
 def run_prepare(args) -> int:
-    import time
-
-    from jaxlm.config import load_run_config
+    # lazy: keeps `jaxlm --help` fast (the data pipeline loads Grain, the tokenizers load sentencepiece and tiktoken)
     from jaxlm.data.prepared import prepare
     from jaxlm.training.run_dir import load_run_tokenizer
     from jaxlm.tokenizer import check_vocab
@@ -50,7 +52,7 @@ def run_prepare(args) -> int:
 
 
 def run_stats(args) -> int:
-    from jaxlm.config import load_run_config
+    # lazy: keeps `jaxlm --help` fast (as above)
     from jaxlm.data.stats import pass_stats
     from jaxlm.tokenizer import check_vocab, load_tokenizer
 
@@ -64,8 +66,6 @@ def run_stats(args) -> int:
     drops = {k: v for k, v in sorted(st.items()) if k.startswith("dropped_") or k in (
         "empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field", "truncated_tokens")}
     if not st.get("documents", 0):
-        from jaxlm.errors import JaxlmError
-
         why = ", ".join(f"{k} {v:,}" for k, v in drops.items()) or "the files hold no text"
         raise JaxlmError(f"no documents kept from {', '.join(str(s.path) for s in srcs)} (dropped / skipped: {why}); "
                          f"fix the data (UTF-8 text, JSONL or Parquet) or loosen data.filters")

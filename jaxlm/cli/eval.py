@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 from jaxlm.cli.common import positive_int
+from jaxlm import outputs
+from jaxlm.assets import resolve_path
 
 
 def register(sub) -> None:
@@ -28,9 +33,7 @@ def register(sub) -> None:
 def run(args) -> int:
     if args.tasks:
         return run_tasks(args)
-    import math
-
-    from jaxlm.assets import resolve_path
+    # lazy: keeps `jaxlm --help` fast (jaxlm.inference loads JAX)
     from jaxlm.inference import load
     from jaxlm.inference.api import read_text
 
@@ -44,17 +47,14 @@ def run(args) -> int:
 
 
 def run_tasks(args) -> int:
-    import json
-
-    from jaxlm import outputs
-
+    # lazy: optional dependency (the eval extra); lm-eval takes seconds to import
     import jaxlm.eval  # noqa: F401  (lm-eval installed? a one-line error if not)
     from jaxlm.eval.tasks import evaluate
 
     out = outputs.check_output(args.output, overwrite=True, folder=False) if args.output else None
     results = evaluate(args.ckpt, args.tasks, batch_size=args.batch_size, include_path=args.include_path,
                        num_fewshot=args.num_fewshot, limit=args.limit, log_samples=args.log_samples)
-    from lm_eval.utils import make_table
+    from lm_eval.utils import make_table  # lazy: optional dependency (the eval extra)
 
     print(make_table(results))
     if out is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from jaxlm.cli.chat import add_chat_args
+from jaxlm.cli.chat import add_chat_args, read_template, run_chat
 from jaxlm.cli.common import positive_int
+from jaxlm.errors import JaxlmError
 
 
 def register(sub) -> None:
@@ -40,7 +41,7 @@ def sampling_kwargs(args) -> dict:
 
 
 def run(args) -> int:
-    from jaxlm.errors import JaxlmError
+    # lazy: keeps `jaxlm --help` fast (jaxlm.inference loads JAX)
     from jaxlm.inference import SamplingParams, load
 
     if not args.prompt and not args.interactive and not args.chat:
@@ -49,8 +50,6 @@ def run(args) -> int:
         raise JaxlmError("--system and --chat-template need --chat")
     SamplingParams(**sampling_kwargs(args))  # reject bad knobs before loading the model
     if args.chat:
-        from jaxlm.cli.chat import read_template, run_chat
-
         read_template(args.chat_template)  # a bad path fails before the model loads
         return run_chat(load(args.ckpt, cache_dtype=args.cache_dtype), args, sampling_kwargs(args))
     lm = load(args.ckpt, cache_dtype=args.cache_dtype)

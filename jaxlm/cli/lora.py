@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from jaxlm.outputs import check_output
+
 
 def register(sub) -> None:
     p = sub.add_parser("lora", help="merge LoRA adapters into the base, or export them for PEFT")
@@ -20,6 +22,7 @@ def register(sub) -> None:
 
 
 def run_merge(args) -> int:
+    # lazy: keeps `jaxlm --help` fast (the checkpoint code loads JAX)
     from jaxlm.checkpoint.lora_merged import write_merged
 
     out = write_merged(args.ckpt, args.out, overwrite=args.overwrite)
@@ -28,11 +31,10 @@ def run_merge(args) -> int:
 
 
 def run_export(args) -> int:
+    # lazy: keeps `jaxlm --help` fast (the checkpoint code loads JAX)
     from jaxlm.checkpoint.locate import locate
     from jaxlm.checkpoint.lora_merged import load_lora_model
     from jaxlm.convert.peft import export_peft
-    from jaxlm.outputs import check_output
-
     inputs = [args.ckpt, locate(args.ckpt)[0]]
     check_output(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
     run_cfg, model = load_lora_model(args.ckpt)

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 
-from jaxlm.cli.common import Parser
+from jaxlm.cli.common import Parser, start_backend
 from jaxlm.errors import debug, user_message
 
 COMMANDS = [
@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in NEEDS_BACKEND:
-            from jaxlm.cli.common import start_backend
-
             start_backend()
         return args.func(args) or 0
     except KeyboardInterrupt:

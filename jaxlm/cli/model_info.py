@@ -9,6 +9,8 @@ import math
 
 from jaxlm.cli.common import add_config_args, positive_int
 from jaxlm.config import load_run_config
+from jaxlm.errors import ConfigError
+from jaxlm.model import abstract_model, buckets, flops
 
 
 def register(sub) -> None:
@@ -22,6 +24,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if args.ckpt:
+        # lazy: keeps `jaxlm --help` fast (the checkpoint code loads JAX)
         from jaxlm.checkpoint.locate import locate
         from jaxlm.checkpoint.model_dir import read_config
 
@@ -29,13 +32,11 @@ def run(args) -> int:
     elif args.config:
         run_cfg = load_run_config(args.config, args.overrides)
     else:
-        from jaxlm.errors import ConfigError
-
         raise ConfigError("give a CONFIG (e.g. openelm_270m) or --ckpt DIR")
 
-    import jax  # after the config checks: a bad config fails before JAX loads
+    # lazy: after the config checks, so a bad config fails before JAX loads (and `jaxlm --help` stays fast)
+    import jax
 
-    from jaxlm.model import abstract_model, flops
     from jaxlm.model.transformer import param_count
 
     cfg = run_cfg.model
@@ -47,7 +48,7 @@ def run(args) -> int:
     print(f"{'layer':>5} {'q heads':>8} {'kv heads':>8} {'ffn dim':>8} {'params':>14}")
     for i, (spec, n) in enumerate(zip(cfg.layer_specs, flops.layer_params(cfg))):
         print(f"{i:>5} {spec.num_query_heads:>8} {spec.num_kv_heads:>8} {spec.ffn_dim:>8} {n:>14,}")
-    from flax import nnx
+    from flax import nnx  # lazy: as above
 
     state = nnx.state(model, nnx.Param)
     nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(state))
@@ -56,6 +57,7 @@ def run(args) -> int:
     per_tok = flops.train_flops_per_token(cfg, seq_len)
     print(f"training FLOPs/token at seq {seq_len}: {per_tok:.4g} (6N + 12*L*Hq*hd*T, causal not halved)")
     if run_cfg.quant.enabled:  # e.g. a `jaxlm quantize` output, or --set quant.bits=4 --set quant.group_size=128
+        # lazy: as above (the checkpoint code and the quantized model load JAX)
         from jaxlm.checkpoint.locate import params_disk_bytes
         from jaxlm.quant.model import describe_storage
 
@@ -65,8 +67,6 @@ def run(args) -> int:
 
 def describe_buckets(cfg, seq_len: int) -> str:
     """How the layers are scanned: blocks to compile and, with layer buckets, their padding cost."""
-    from jaxlm.model import buckets, flops
-
     line = f"scanned blocks: {len(cfg.layer_groups)} (runs of identical layers: {len(cfg.stored_groups)})"
     if not cfg.bucketed:
         return line

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import check_output, output_path
 
 
 def register(sub) -> None:
@@ -37,12 +38,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    # lazy: keeps `jaxlm --help` fast (matplotlib takes half a second to import)
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: after matplotlib.use, as above
     import matplotlib.pyplot as plt
 
-    from jaxlm.outputs import check_output, output_path
 
     records = read_metrics(Path(run_dir))
     # Plots are redrawn on every call (overwrite), but never over the metrics they come from.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from jaxlm.errors import ConfigError
+from jaxlm.quant.config import QuantConfig
+
 
 def register(sub) -> None:
     p = sub.add_parser("quantize", help="write a weight-quantized copy of a model (int8 / int4 / 3 / 2-bit)")
@@ -22,10 +25,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from jaxlm.errors import ConfigError
+    # lazy: keeps `jaxlm --help` fast (quantization loads JAX)
     from jaxlm.checkpoint.quantized import quantize_model_dir
-    from jaxlm.quant.config import QuantConfig
-
     if args.group in (None, ""):
         group = None if args.bits == 8 else 128
     elif args.group in ("channel", "none"):
@@ -38,6 +39,7 @@ def run(args) -> int:
     qcfg = QuantConfig(bits=args.bits, group_size=group, symmetric=not args.asym, method=args.method,
                        embed_bits=args.embed_bits)
     out = quantize_model_dir(args.ckpt, args.out, qcfg, calib_source=args.calib, overwrite=args.overwrite)
+    # lazy: as above
     from jaxlm.checkpoint import load_model
     from jaxlm.quant.model import storage_report
 

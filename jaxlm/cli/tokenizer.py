@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jaxlm.cli.common import positive_int
+from jaxlm.outputs import check_output
 
 
 def register(sub) -> None:
@@ -20,9 +23,7 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from pathlib import Path
-
-    from jaxlm.outputs import check_output
+    # lazy: keeps `jaxlm --help` fast (sentencepiece loads only to train)
     from jaxlm.tokenizer.spm import FILE_NAME
     from jaxlm.tokenizer.train import text_files, train_sentencepiece
 

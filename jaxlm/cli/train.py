@@ -7,7 +7,8 @@ every host (see docs/training.md); jax.distributed starts from the environment.
 
 from __future__ import annotations
 
-from jaxlm.cli.common import add_config_args
+from jaxlm.cli.common import add_config_args, start_backend
+from jaxlm.config import load_run_config
 
 DEFAULT_CONFIG = "default"
 
@@ -19,17 +20,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from jaxlm.config import load_run_config
-
     run_cfg = load_run_config(args.config, args.overrides, default=DEFAULT_CONFIG)  # a bad config fails before JAX loads
 
+    # lazy: after the config is read, so a bad config fails before JAX loads (and `jaxlm --help` stays fast)
     from jaxlm.parallel import distributed
 
     distributed.maybe_initialize()  # before anything touches the devices
-    from jaxlm.cli.common import start_backend
-
     start_backend()
 
+    # lazy: as above
     import jax
 
     from jaxlm.training.trainer import train
@@ -45,7 +44,7 @@ def run(args) -> int:
 
 def print_sample(run_dir, prompt: str, max_new_tokens: int, seed: int) -> None:
     """Sample from the saved checkpoint (so this also checks that it loads)."""
-    from jaxlm.inference.api import load
+    from jaxlm.inference.api import load  # lazy: keeps `jaxlm --help` fast (jaxlm.inference loads JAX)
 
     lm = load(run_dir)
     text = lm.generate(prompt, max_new_tokens, temperature=0.8, top_k=40, seed=seed)

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.checkpoint.model_dir import write_model_dir
+from jaxlm.config import RunConfig, from_dict
 from jaxlm import outputs
 from jaxlm.convert import hf_io
 from jaxlm.convert.family import Family, family_for_hf
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.convert.to_hf import DTYPES
 from jaxlm.errors import JaxlmError
+from jaxlm.tokenizer import load_tokenizer
+from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_hf_config
 
 
 def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, allow_pickle: bool = False,
@@ -20,9 +24,6 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, al
     """Write a model dir loadable by `jaxlm.checkpoint.load_model`. dtype: of the jaxlm params and
     compute (default: the checkpoint's). Only safetensors are read unless `allow_pickle`.
     Streams: one tensor at a time, written to the model dir's per-layer leaves."""
-    from jaxlm.checkpoint.model_dir import write_model_dir
-    from jaxlm.config import RunConfig, from_dict
-
     hf_dir = Path(hf_dir)
     hf_config = hf_io.read_config(hf_dir)
     family = family_for_hf(hf_config)
@@ -102,9 +103,6 @@ def _tokenizer_files(hf_dir: Path, tmp: Path) -> list[Path]:
     AutoTokenizer reads them first), else tokenizer.model (sentencepiece) or original/tokenizer.model
     (Llama 3 tiktoken). The folder's tokenizer_config.json (chat template) and generation_config.json
     (eos ids: a chat model's end-of-turn tokens) come along."""
-    from jaxlm.tokenizer import load_tokenizer
-    from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_hf_config
-
     files = []
     if (hf_dir / GENERATION_FILE).is_file():
         files.append(hf_dir / GENERATION_FILE)

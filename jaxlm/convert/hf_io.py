@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 
 from jaxlm.errors import JaxlmError
 
@@ -91,8 +92,6 @@ class HFReader:
     @contextlib.contextmanager
     def _open(path: Path):
         """A fresh memory map per call: pages of tensors already converted are not kept mapped."""
-        from safetensors import safe_open
-
         with reading(path), safe_open(str(path), framework="np") as f:
             yield f
 
@@ -120,6 +119,7 @@ class HFReader:
 
 
 def _load_pickles(paths: list[Path]) -> dict:
+    # lazy: optional dependency (the torch extra), only for .bin checkpoints
     import torch
 
     tensors = {}
@@ -138,6 +138,7 @@ def _load_pickles(paths: list[Path]) -> dict:
 
 
 def _torch_to_numpy(t) -> np.ndarray:
+    # lazy: optional dependency (the torch extra)
     import torch
 
     if t.dtype == torch.bfloat16:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from jaxlm.convert.family import family_for_model
 from jaxlm.errors import JaxlmError
@@ -54,8 +55,6 @@ def export_peft(model, lora_cfg: LoraConfig, out: str | Path, base_model: str = 
                 inputs: list[str | Path] = ()) -> Path:
     """Write out/adapter_config.json and out/adapter_model.safetensors (atomically: temp dir + rename);
     `out` must not overlap `inputs` (the run the adapters come from)."""
-    from safetensors.numpy import save_file
-
     out = check_output(out, overwrite=overwrite, inputs=inputs)
     tensors, modules = peft_tensors(model)
     config = {

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+from flax import nnx
+
 from jaxlm.checkpoint.params_io import LAYERS
 from jaxlm.convert.family import Family
 from jaxlm.convert.layout import Rule
+from jaxlm.model import abstract_model
 from jaxlm.model.config import ModelConfig
 
 Path = tuple[str, ...]
@@ -31,11 +35,6 @@ class Item:
 
 def param_shapes(cfg: ModelConfig) -> dict[Path, tuple[tuple[int, ...], str]]:
     """Every nnx.Param leaf of the model: path -> (shape, dtype name), from jax.eval_shape."""
-    import jax
-    from flax import nnx
-
-    from jaxlm.model import abstract_model
-
     pure = nnx.state(abstract_model(cfg.stored()), nnx.Param).to_pure_dict()
     flat = jax.tree_util.tree_flatten_with_path(pure)[0]
     return {tuple(str(k.key) for k in path): (tuple(leaf.shape), str(leaf.dtype)) for path, leaf in flat}

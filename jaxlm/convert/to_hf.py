@@ -10,12 +10,16 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxlm.checkpoint.locate import locate
+from jaxlm.checkpoint.model_dir import read_config
 from jaxlm.checkpoint.params_io import ParamReader, per_layer
 from jaxlm import outputs
 from jaxlm.convert import hf_code, hf_io
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.errors import JaxlmError
+from jaxlm.tokenizer import load_tokenizer
+from jaxlm.tokenizer.hf_export import write_hf_tokenizer
 from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
 
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
@@ -31,9 +35,6 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     weights (default: as saved). Peak memory is about one tensor plus its converted copy: model dirs
     store each layer on its own, training checkpoints store stacked layers one layer per chunk.
     """
-    from jaxlm.checkpoint.locate import locate
-    from jaxlm.checkpoint.model_dir import read_config
-
     config_dir, params_dir = locate(src)
     cfg = read_config(config_dir).model
     family = family_for_model(cfg, fmt)
@@ -114,9 +115,6 @@ def _write_tokenizer(config_dir: Path, out: Path, model_max_length: int) -> None
     Llama/OpenELM/Phi-3 repos ship it; a tiktoken rank file under original/, as Meta's Llama 3 repos
     ship theirs), then tokenizer.json, tokenizer_config.json and special_tokens_map.json for
     AutoTokenizer (jaxlm.tokenizer.hf_export)."""
-    from jaxlm.tokenizer import load_tokenizer
-    from jaxlm.tokenizer.hf_export import write_hf_tokenizer
-
     try:
         tok = load_tokenizer(config_dir)
     except JaxlmError:

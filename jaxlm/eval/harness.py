@@ -57,6 +57,7 @@ class JaxlmLM(TemplateLM):
                  max_length: int | None = None, add_bos_token: bool | str | None = None, cache_dtype: str = "auto",
                  lm=None, **unused):
         super().__init__()
+        # lazy: registering the jaxlm model with lm-eval (`import jaxlm.eval`) must not load JAX
         from jaxlm.inference import load
 
         if lm is None:

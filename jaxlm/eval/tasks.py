@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
+from jaxlm.assets import resolve_path
 from jaxlm.errors import JaxlmError
+from jaxlm.eval.harness import JaxlmLM
 
 
 def task_config(path: str) -> dict:
     """A task YAML file -> the config dict lm-eval accepts in place of a task name."""
-    import yaml
-
-    from jaxlm.assets import resolve_path
-
     p = resolve_path(path)
     if not p.is_file():
         raise JaxlmError(f"task file {path} does not exist; give an lm-eval task name or a task YAML file")
@@ -47,9 +47,9 @@ def evaluate(model, tasks: list[str], *, batch_size: int = 8, include_path: str 
              num_fewshot: int | None = None, limit: int | None = None, log_samples: bool = False) -> dict:
     """lm-eval's `simple_evaluate` on a jaxlm LanguageModel (or the path of one, loaded once the
     tasks are found); returns its results dict."""
+    # lazy: lm-eval's evaluator and the model (JAX) take seconds to import; `import jaxlm.eval` stays without them
     from lm_eval import simple_evaluate
 
-    from jaxlm.eval.harness import JaxlmLM
     from jaxlm.inference import load
 
     if not tasks:
@@ -64,6 +64,7 @@ def evaluate(model, tasks: list[str], *, batch_size: int = 8, include_path: str 
 def task_manager(specs: list, include_path: str | None = None):
     """lm-eval's TaskManager, indexing its ~15,000 shipped task files (about 30 s on 2 cores) only
     when a task is named that --include-path does not hold."""
+    # lazy: lm-eval's task index, as above
     from lm_eval.tasks import TaskManager
 
     names = [t for t in specs if isinstance(t, str)]

@@ -14,11 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.checkpoint import load_model
+from jaxlm.checkpoint.locate import load_tokenizer_for, locate
 from jaxlm.errors import JaxlmError
 from jaxlm.inference import chat as chat_lib
 from jaxlm.inference.engine import Engine, GenerationOutput
 from jaxlm.inference.sampling import SamplingParams
 from jaxlm.inference.scoring import Scorer
+from jaxlm.model import to_bucketed
+from jaxlm.tokenizer import check_vocab, load_tokenizer
+from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
 
 
 def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "LanguageModel":
@@ -28,13 +33,6 @@ def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "Langua
     tokenizer: a tokenizer object or path, to override the one saved with the model.
     The model dir's generation_config.json (from `jaxlm convert from-hf`) gives chat stop ids.
     """
-    from jaxlm.checkpoint import load_model
-    from jaxlm.checkpoint.locate import load_tokenizer_for, locate
-    from jaxlm.tokenizer import load_tokenizer
-    from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
-
-    from jaxlm.model import to_bucketed
-
     run_cfg, model = load_model(path)
     model = to_bucketed(model, run_cfg.model)  # the layer buckets of training serve decode too
     if tokenizer is None:
@@ -49,8 +47,6 @@ class LanguageModel:
     """A model with its tokenizer: generation on strings, streaming, log-probabilities, perplexity."""
 
     def __init__(self, model, tokenizer, cache_dtype: str = "auto", generation_config: dict | None = None):
-        from jaxlm.tokenizer import check_vocab
-
         check_vocab(model.cfg.vocab_size, tokenizer)
         self.model = model
         self.tokenizer = tokenizer

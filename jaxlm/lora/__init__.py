@@ -8,8 +8,9 @@ from jaxlm.lora.config import LoraConfig
 __all__ = ["LoraConfig", "LoraWeight", "apply_lora", "merge_lora", "has_lora"]
 
 
-def __getattr__(name):  # lazy: the config section is imported by jaxlm.config without pulling in Flax
+def __getattr__(name):
     if name in ("LoraWeight", "apply_lora", "merge_lora", "has_lora"):
+        # lazy: the config section is imported by jaxlm.config without pulling in Flax
         from jaxlm.lora import adapters
 
         return getattr(adapters, name)

@@ -6,6 +6,7 @@ pay for importing flax and jax.
 
 from __future__ import annotations
 
+from jaxlm.model import buckets
 from jaxlm.model.config import LayerSpec, ModelConfig, RopeScaling
 
 __all__ = ["LayerSpec", "ModelConfig", "RopeScaling", "Transformer", "param_count", "abstract_model", "abstract_params",
@@ -14,6 +15,7 @@ __all__ = ["LayerSpec", "ModelConfig", "RopeScaling", "Transformer", "param_coun
 
 def __getattr__(name: str):
     if name in ("Transformer", "param_count"):
+        # lazy: Flax and JAX load when a model is built, not when a config is read
         from jaxlm.model import transformer
 
         return getattr(transformer, name)
@@ -23,6 +25,7 @@ def __getattr__(name: str):
 def build_model(cfg: ModelConfig, seed: int = 0):
     """A randomly initialised model (a `Transformer`). A bucketed config gets the same weights as its
     unpadded layout (`cfg.stored()`), zero-padded: the bucketing never changes the model."""
+    # lazy: Flax and JAX load when a model is built, not when a config is read
     from flax import nnx
 
     from jaxlm.model.transformer import Transformer
@@ -34,6 +37,7 @@ def build_model(cfg: ModelConfig, seed: int = 0):
 
 def abstract_model(cfg: ModelConfig):
     """The model with jax.ShapeDtypeStruct leaves: no memory allocated (works for 8B on a laptop)."""
+    # lazy: Flax and JAX load when a model is built, not when a config is read
     from flax import nnx
 
     from jaxlm.model.transformer import Transformer
@@ -43,6 +47,7 @@ def abstract_model(cfg: ModelConfig):
 
 def abstract_params(cfg: ModelConfig) -> dict:
     """The params pure dict of `abstract_model(cfg)` (ShapeDtypeStructs)."""
+    # lazy: Flax and JAX load when a model is built, not when a config is read
     from flax import nnx
 
     return nnx.state(abstract_model(cfg), nnx.Param).to_pure_dict()
@@ -51,8 +56,6 @@ def abstract_params(cfg: ModelConfig) -> dict:
 def stored_tree(cfg: ModelConfig, tree):
     """A params-shaped pure dict (or a tree of them, e.g. optimizer moments) in cfg's in-memory layout
     -> the stored (unpadded) layout of checkpoints and model dirs. Identity unless cfg is bucketed."""
-    from jaxlm.model import buckets
-
     if not cfg.bucketed:
         return tree
     stored_abs = abstract_params(cfg.stored())
@@ -61,8 +64,6 @@ def stored_tree(cfg: ModelConfig, tree):
 
 def bucketed_tree(cfg: ModelConfig, tree):
     """The inverse of `stored_tree`: stored layout -> cfg's (padded) in-memory layout."""
-    from jaxlm.model import buckets
-
     if not cfg.bucketed:
         return tree
     bucketed_abs = abstract_params(cfg)
@@ -84,12 +85,14 @@ def to_stored(model):
 
 
 def _params(model) -> dict:
+    # lazy: Flax and JAX load when a model is built, not when a config is read
     from flax import nnx
 
     return nnx.state(model, nnx.Param).to_pure_dict()
 
 
 def _relayout(model, cfg: ModelConfig, params: dict):
+    # lazy: Flax and JAX load when a model is built, not when a config is read
     from flax import nnx
 
     graphdef, state = nnx.split(abstract_model(cfg))

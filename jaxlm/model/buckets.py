@@ -91,6 +91,7 @@ def overhead(buckets: tuple[Bucket, ...], model_dim: int, head_dim: int, seq_len
 def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
     """A stored-layout params-shaped tree -> the bucketed layout: each run zero-padded at the end of
     every axis to its bucket's shape, the runs of a bucket concatenated on the layer axis."""
+    # lazy: ModelConfig.buckets imports this module on every config read, which must not load JAX
     import jax
     import jax.numpy as jnp
 
@@ -109,6 +110,7 @@ def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> d
 
 def to_stored(tree: dict, stored_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
     """The inverse of `to_buckets`: each bucket split into its runs, the padding sliced off."""
+    # lazy: as above
     import jax
 
     have, out = _ordered(tree["groups"]), _ordered(stored_abs["groups"])
@@ -127,6 +129,7 @@ def to_stored(tree: dict, stored_abs: dict, buckets: tuple[Bucket, ...]) -> dict
 def map_param_trees(fn, tree):
     """Apply fn to every params-shaped subtree (a dict holding "groups"): the params themselves, or an
     optimizer state's moments; everything else (counts, empty states) is kept."""
+    # lazy: as above
     import jax
 
     def is_params(x):

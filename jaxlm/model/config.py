@@ -13,6 +13,8 @@ import functools
 from typing import Literal
 
 from jaxlm.errors import ConfigError
+from jaxlm.model import buckets
+from jaxlm.model.flops import head_flops
 from jaxlm.model.spec import LayerSpec
 
 __all__ = ["LayerSpec", "ModelConfig", "RopeScaling"]
@@ -124,6 +126,7 @@ class ModelConfig:
     @functools.cached_property
     def layer_specs(self) -> tuple[LayerSpec, ...]:
         """Per-layer (query heads, kv heads, FFN width)."""
+        # lazy: numpy loads only for OpenELM's per-layer widths, not with every config read
         from jaxlm.model import layerwise
 
         n = self.num_layers
@@ -154,11 +157,7 @@ class ModelConfig:
     def buckets(self):
         """The scanned blocks of the model in memory (jaxlm.model.buckets.Bucket): padded runs of
         `stored_groups` under `scan_pad_budget`, or one bucket per run."""
-        from jaxlm.model import buckets
-
         if self.scan_pad_budget > 0 and self.scan_layers and len(self.stored_groups) > 1:
-            from jaxlm.model.flops import head_flops
-
             return buckets.plan(self.stored_groups, self.model_dim, self.head_dim, self.max_context,
                                 self.scan_pad_budget, fixed_flops=head_flops(self))
         return tuple(buckets.Bucket(spec, ((spec, count),)) for spec, count in self.stored_groups)

@@ -14,6 +14,8 @@ import dataclasses
 import jax
 from flax import nnx
 
+from jaxlm.model import to_stored
+
 
 def _layer(x, i: int):
     """Layer i of a stacked array, keeping a leading axis of 1 (abstract shapes stay abstract)."""
@@ -29,8 +31,6 @@ def unstacked(model):
     the leading layer axis). A bucketed (padded) model is first brought to its stored layout.
     The arrays are sliced once, here (the model's weights are copied).
     """
-    from jaxlm.model import to_stored
-
     model = to_stored(model)
     cfg = model.cfg
     if not cfg.scan_layers:

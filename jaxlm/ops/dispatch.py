@@ -23,6 +23,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
 
 import kernels_pallas.attention as pallas_attention
 import kernels_pallas.rmsnorm as pallas_rmsnorm
@@ -36,7 +37,8 @@ from kernels_pallas.rmsnorm import rms_norm_reference, rms_norm_residual_referen
 # experiments/results/kernels.md (experiments/bench_kernels.py); "reasoned" ones are not measured yet.
 AUTO: dict[str, dict[str, str]] = {
     # reasoned: Pallas only interprets on a CPU; XLA is the fast path there.
-    # qmatmul (reasoned): Pallas only interprets on a CPU (docs/inference.md has XLA:CPU's limits).
+    # qmatmul: Pallas only interprets on a CPU; "xla" there is the chunked qmatmul_streamed
+    # (measured: benchmarks/results/decode.md; why not one dot: docs/inference.md#performance).
     "cpu": {"attention": "xla", "rms_norm": "xla", "qmatmul": "xla"},
     # reasoned (no GPU lent yet): cuDNN flash attention is JAX's maintained GPU path; it has no
     # float32 kernel, so float32 attention takes XLA. XLA fuses RMSNorm into neighbouring ops.
@@ -77,8 +79,6 @@ def pallas_target(platform: str | None = None) -> tuple[str, object]:
         return platform, False
     variant = os.environ.get(INTERPRET_ENV, "gpu")
     if variant == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
         return "tpu", pltpu.InterpretParams()
     if variant != "gpu":
         raise JaxlmError(f"{INTERPRET_ENV}={variant!r}: choose 'gpu' (Triton kernels) or 'tpu' (Mosaic kernels)")

@@ -17,6 +17,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 _initialized = False
@@ -48,8 +49,6 @@ def broadcast_json(obj):
     """Process 0's JSON-serialisable `obj`, on every process (one decision for all: e.g. the step to resume)."""
     if jax.process_count() == 1:
         return obj
-    from jax.experimental import multihost_utils
-
     raw = _json_bytes(obj)
     n = int(multihost_utils.broadcast_one_to_all(np.array([raw.size], np.int32))[0])
     padded = np.zeros(n, np.uint8)
@@ -79,8 +78,6 @@ def allgather_json(obj) -> list:
     """Every process's JSON-serialisable `obj`, in process order (e.g. each one's data-iterator state)."""
     if jax.process_count() == 1:
         return [obj]
-    from jax.experimental import multihost_utils
-
     raw = _json_bytes(obj)
     lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32))
     padded = np.zeros(int(np.max(lengths)), np.uint8)

@@ -6,6 +6,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 from jaxlm.errors import ConfigError
@@ -35,8 +36,6 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(data, fsdp, tensor, len(devices))
     try:
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except (AssertionError, ValueError, NotImplementedError):  # e.g. virtual CPU devices
         grid = np.asarray(devices).reshape(shape)

@@ -3,6 +3,8 @@
 Everything but QuantConfig loads lazily: reading a config must not pay for importing flax and jax.
 """
 
+import importlib
+
 from jaxlm.quant.config import QuantConfig
 
 _LAZY = {"Scheme": "formats", "abstract_quantized": "model", "quantize_model": "model",
@@ -10,9 +12,7 @@ _LAZY = {"Scheme": "formats", "abstract_quantized": "model", "quantize_model": "
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
+    if name in _LAZY:  # lazy: reading a config must not load Flax and JAX
         return getattr(importlib.import_module(f"jaxlm.quant.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'jaxlm.quant' has no attribute {name!r}")
 

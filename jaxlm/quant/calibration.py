@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.assets import resolve_path
 from jaxlm.errors import JaxlmError
 
 DEFAULT_SOURCE = "bundled:corpus/train"
@@ -13,8 +14,6 @@ DEFAULT_SOURCE = "bundled:corpus/train"
 
 def read_texts(source: str | Path) -> str:
     """A .txt file, or every *.txt under a directory (sorted), joined."""
-    from jaxlm.assets import resolve_path
-
     p = resolve_path(source)
     files = sorted(p.rglob("*.txt")) if p.is_dir() else [p] if p.is_file() else []
     if not files:

@@ -21,7 +21,7 @@ from flax import nnx
 from jaxlm import ops
 from jaxlm.quant import formats
 from jaxlm.quant.formats import Scheme
-from jaxlm.quant.model import block_weights
+from jaxlm.quant.model import block_weights, weight_axes
 from jaxlm.quant.qweight import QuantizedWeight, to_matrix
 
 
@@ -131,6 +131,6 @@ def gptq_quantize_fn(hessians: dict, damp: float = 0.01):
         codes = formats.pack(jnp.asarray(np.stack([p[0] for p in parts])), scheme.bits)
         scale = jnp.asarray(np.stack([p[1] for p in parts]))
         zero = None if scheme.symmetric else jnp.asarray(np.stack([p[2] for p in parts]))
-        return QuantizedWeight(codes, scale, zero, scheme, in_shape, out_shape, w.dtype)
+        return QuantizedWeight(codes, scale, zero, scheme, in_shape, out_shape, w.dtype, axes=weight_axes(name))
 
     return quantize_fn

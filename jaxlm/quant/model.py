@@ -16,11 +16,13 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.errors import JaxlmError
+from jaxlm.model import abstract_model
 from jaxlm.model.layout import BLOCK_WEIGHTS, EMBED_AXES, LM_HEAD_AXES
 from jaxlm.quant.config import QuantConfig
 from jaxlm.quant import formats
 from jaxlm.quant.formats import Scheme
 from jaxlm.quant.qweight import QuantizedWeight
+
 
 def block_weights(model) -> Iterator[tuple[int, str, nnx.Module, str, tuple[int, int]]]:
     """(group index, "attn.qkv", parent module, attribute, (n_in, n_out)) for every linear weight, from
@@ -28,6 +30,12 @@ def block_weights(model) -> Iterator[tuple[int, str, nnx.Module, str, tuple[int,
     for gi, block in enumerate(model.groups):
         for name, w in BLOCK_WEIGHTS.items():
             yield gi, name, getattr(block, w.module), w.attr, w.dims
+
+
+def weight_axes(name: str) -> tuple[tuple, tuple]:
+    """The logical (in, out) axes of block weight `name` ("attn.qkv"): what its codes and scales shard by."""
+    w = BLOCK_WEIGHTS[name]
+    return w.in_axes, w.out_axes
 
 
 def linear_scheme(qcfg: QuantConfig) -> Scheme:
@@ -60,15 +68,19 @@ def quantize_model(model, qcfg: QuantConfig,
                 raise JaxlmError(f"cannot quantize {name}: it is a {type(w).__name__} (merge LoRA adapters first "
                                  f"with `jaxlm lora merge`)")
             if quantize_fn is None:
-                qw = QuantizedWeight.from_array(w.get_value(), scheme, *dims, name=f"group {gi} {name}")
+                qw = QuantizedWeight.from_array(w.get_value(), scheme, *dims, name=f"group {gi} {name}",
+                                                axes=weight_axes(name))
             else:
                 qw = quantize_fn(gi, name, w.get_value(), scheme, dims)
             setattr(parent, attr, qw)
     if qcfg.embed_bits == 8:
         per_row = Scheme(8, None, True)
-        model.embed = QuantizedWeight.from_array(model.embed.get_value(), per_row, 1, 1, transposed=True, name="embed")
+        vocab, embed = EMBED_AXES  # the (V, D) table is stored transposed: in = D, out = V
+        model.embed = QuantizedWeight.from_array(model.embed.get_value(), per_row, 1, 1, transposed=True, name="embed",
+                                                 axes=((embed,), (vocab,)))
         if model.lm_head is not None:
-            model.lm_head = QuantizedWeight.from_array(model.lm_head.get_value(), per_row, 1, 1, name="lm_head")
+            model.lm_head = QuantizedWeight.from_array(model.lm_head.get_value(), per_row, 1, 1, name="lm_head",
+                                                       axes=(LM_HEAD_AXES[:1], LM_HEAD_AXES[1:]))
     return model
 
 
@@ -101,8 +113,6 @@ def check_scheme(model, qcfg: QuantConfig) -> None:
 
 def abstract_quantized(model_cfg, qcfg: QuantConfig):
     """The quantized model's structure with ShapeDtypeStruct leaves (to restore a checkpoint into)."""
-    from jaxlm.model import abstract_model
-
     # the stored layout (no layer buckets): scales are per real layer; from_array: shapes by arithmetic
     return quantize_model(abstract_model(model_cfg.stored()), qcfg)
 

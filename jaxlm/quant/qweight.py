@@ -10,6 +10,15 @@ Storage (see `jaxlm.quant.formats`), with lead = the stacked-layer axes:
   zero  (lead..., K / g, N) uint8 (asymmetric only)
 where K = prod(in_shape), N = prod(out_shape). `transposed` marks weights stored (out, in),
 i.e. the (V, D) embedding table.
+
+Sharding: `axes` = the float weight's logical (in, out) axes (jaxlm.model.layout). K and the
+group dim of the scales take the in side's axis, N the out side's, so codes and scales split over
+the same mesh axes as the float weight (where the sizes divide). A flattened side takes its first
+named axis: contiguous blocks of K or N are blocks of its leading dim, which is exact for attn's
+(kv_heads, G, hd) when the mesh divides kv_heads; ffn.w_in's N = (2, F) splits over "mlp"'s mesh
+axis in gate | up blocks rather than within each. The rule table sees the flattened size, so a
+layer whose kv heads do not divide (OpenELM's 3 on tensor=2) may split its codes where the float
+weight replicates. Packing is along K in adjacent rows: a block of packed rows is a block of K.
 """
 
 from __future__ import annotations
@@ -29,13 +38,23 @@ class QuantParam(nnx.Param):
     """A frozen stored piece of a quantized weight (codes, scales, zero points); never trained."""
 
 
+Axes = tuple[tuple[str | None, ...], tuple[str | None, ...]]  # a weight's logical (in, out) axes
+
+
+def _flat_axis(axes: tuple[str | None, ...]) -> str | None:
+    """The logical axis of dims flattened into one: the first named one (see the module docstring)."""
+    return next((a for a in axes if a is not None), None)
+
+
 class QuantizedWeight(nnx.Module):
     def __init__(self, codes, scale, zero, scheme: Scheme, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                 dtype: str, transposed: bool = False):
-        lead_axes = ("layers",) * (codes.ndim - 2)
-        self.codes = QuantParam(codes, axes=lead_axes + (None, None))
-        self.scale = QuantParam(scale, axes=lead_axes + (None, None))
-        self.zero = None if zero is None else QuantParam(zero, axes=lead_axes + (None, None))
+                 dtype: str, transposed: bool = False, axes: Axes | None = None):
+        """axes: the float weight's logical (in_axes, out_axes); None leaves K and N unsharded."""
+        in_axes, out_axes = axes or ((), ())
+        kn_axes = ("layers",) * (codes.ndim - 2) + (_flat_axis(in_axes), _flat_axis(out_axes))
+        self.codes = QuantParam(codes, axes=kn_axes)
+        self.scale = QuantParam(scale, axes=kn_axes)  # (lead..., K / g, N): groups along K
+        self.zero = None if zero is None else QuantParam(zero, axes=kn_axes)
         self.bits, self.group_size, self.symmetric = scheme.bits, scheme.group_size, scheme.symmetric
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.orig_dtype = str(jnp.dtype(dtype))
@@ -43,18 +62,18 @@ class QuantizedWeight(nnx.Module):
 
     @classmethod
     def from_array(cls, w: jax.Array, scheme: Scheme, n_in: int, n_out: int, transposed: bool = False,
-                   name: str = "weight") -> "QuantizedWeight":
+                   name: str = "weight", axes: Axes | None = None) -> "QuantizedWeight":
         """Round-to-nearest quantization of w (lead..., *in, *out), or (lead..., *out, *in) if transposed."""
         if isinstance(w, jax.ShapeDtypeStruct):  # abstract model: shapes only, by arithmetic
-            return cls.abstract(w.shape, w.dtype, scheme, n_in, n_out, transposed, name)
+            return cls.abstract(w.shape, w.dtype, scheme, n_in, n_out, transposed, name, axes)
         mat, in_shape, out_shape = to_matrix(w, n_in, n_out, transposed)
         scheme.group_for(mat.shape[-2], name)
         codes, scale, zero = formats.quantize(mat, scheme)
-        return cls(codes, scale, zero, scheme, in_shape, out_shape, w.dtype, transposed)
+        return cls(codes, scale, zero, scheme, in_shape, out_shape, w.dtype, transposed, axes)
 
     @classmethod
     def abstract(cls, shape, dtype, scheme: Scheme, n_in: int, n_out: int, transposed: bool = False,
-                 name: str = "weight") -> "QuantizedWeight":
+                 name: str = "weight", axes: Axes | None = None) -> "QuantizedWeight":
         """The structure for a weight of `shape`, with jax.ShapeDtypeStruct leaves (nothing computed)."""
         lead = tuple(shape[: len(shape) - n_in - n_out])
         inner = tuple(shape[len(lead):])
@@ -65,7 +84,7 @@ class QuantizedWeight(nnx.Module):
         codes = sds(lead + (k // formats.PER_BYTE[scheme.bits], n), jnp.uint8)
         scale = sds(lead + (k // g, n), formats.scale_dtype(scheme.bits))
         zero = None if scheme.symmetric else sds(lead + (k // g, n), jnp.uint8)
-        return cls(codes, scale, zero, scheme, in_shape, out_shape, dtype, transposed)
+        return cls(codes, scale, zero, scheme, in_shape, out_shape, dtype, transposed, axes)
 
     @property
     def scheme(self) -> Scheme:

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import Sequence
 
 from jaxlm.errors import ConfigError
+from jaxlm.outputs import write_file
 
 HF_CONFIG_FILE = "tokenizer_config.json"
 
@@ -94,7 +95,6 @@ class Tokenizer(abc.ABC):
         """tokenizer_config.json (the chat template with it), when the tokenizer came with one."""
         if not self.hf_config:
             return []
-        from jaxlm.outputs import write_file
 
         return [write_file(Path(directory) / HF_CONFIG_FILE, json.dumps(dict(self.hf_config), indent=2, ensure_ascii=False))]
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from jaxlm.outputs import write_file
 from jaxlm.tokenizer.base import HF_CONFIG_FILE, Tokenizer
 from jaxlm.tokenizer.hf_json import FILE_NAME, SPECIAL_MAP_FILE, token_text
 
@@ -31,7 +32,6 @@ SPACE = "\u2581"  # sentencepiece's visible space "▁"
 def write_hf_tokenizer(tok: Tokenizer, directory: str | Path, model_max_length: int) -> list[Path]:
     """Write the three HF files for `tok` into `directory` (tokenizer_config.json without a
     tokenizer.json when `tok` cannot be converted exactly); returns their paths."""
-    from jaxlm.outputs import write_file
 
     directory = Path(directory)
     if tok.kind == "hf":
@@ -97,6 +97,7 @@ def _byte_alphabet() -> dict[int, str]:
 
 
 def _post_processor(bos: str | None, bos_id: int):
+    # lazy: the tokenizers library loads only to export, not with `import jaxlm.tokenizer`
     from tokenizers import processors
 
     if bos is None or bos_id < 0:
@@ -105,6 +106,7 @@ def _post_processor(bos: str | None, bos_id: int):
 
 
 def _from_tiktoken(tok):
+    # lazy: as above
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     alphabet = _byte_alphabet()
@@ -134,6 +136,7 @@ def _from_tiktoken(tok):
 
 
 def _from_sentencepiece(tok):
+    # lazy: the protobuf schema and the tokenizers library load only to export
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import write_file
 from jaxlm.tokenizer.base import HF_CONFIG_FILE, Tokenizer
 
 FILE_NAME = "tokenizer.json"
@@ -63,6 +64,7 @@ class HFTokenizer(Tokenizer):
 
     def __init__(self, tokenizer_json: str, config: dict | None = None, special_map: dict | None = None,
                  generation: dict | None = None, source: str = "<string>"):
+        # lazy: the tokenizers library loads only for tokenizer.json files, not with `import jaxlm.tokenizer`
         from tokenizers import Tokenizer as RustTokenizer
 
         try:
@@ -157,7 +159,6 @@ class HFTokenizer(Tokenizer):
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def save(self, directory: str | Path) -> list[Path]:
-        from jaxlm.outputs import write_file
 
         directory = Path(directory)
         files = [write_file(directory / FILE_NAME, self._json)] + self._save_hf_config(directory)

@@ -8,6 +8,7 @@ from typing import Sequence
 import sentencepiece as spm
 
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import write_file
 from jaxlm.tokenizer.base import Tokenizer
 
 FILE_NAME = "tokenizer.model"
@@ -77,7 +78,6 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.decode([int(i) for i in ids])
 
     def save(self, directory: str | Path) -> list[Path]:
-        from jaxlm.outputs import write_file
 
         return [write_file(Path(directory) / FILE_NAME, self._proto)] + self._save_hf_config(Path(directory))
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import tiktoken
 
 from jaxlm.errors import JaxlmError
+from jaxlm.outputs import write_file
 from jaxlm.tokenizer.base import Tokenizer
 
 RANKS_FILE = "tokenizer.model"
@@ -139,7 +140,6 @@ class TiktokenTokenizer(Tokenizer):
         return self._enc.decode([int(i) for i in ids])
 
     def save(self, directory: str | Path) -> list[Path]:
-        from jaxlm.outputs import write_file
 
         directory = Path(directory)
         ranks = "".join(f"{base64.b64encode(tok).decode()} {rank}\n"

@@ -13,6 +13,8 @@ import io
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import sentencepiece as spm
+
 from jaxlm.assets import resolve_path
 from jaxlm.errors import JaxlmError
 from jaxlm.tokenizer.spm import SentencePieceTokenizer
@@ -52,7 +54,6 @@ def train_sentencepiece(paths: Iterable[str | Path], output_dir: str | Path, voc
                         character_coverage: float = 0.99995, max_sentence_length: int = 16384
                         ) -> SentencePieceTokenizer:
     """Train on the lines of `paths`; write `output_dir/tokenizer.model`; return the tokenizer."""
-    import sentencepiece as spm
 
     files = text_files(paths)
     buf = io.BytesIO()

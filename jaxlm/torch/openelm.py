@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from jaxlm.errors import JaxlmError
@@ -175,8 +176,6 @@ class OpenELM(nn.Module):
 
 def load_openelm(folder: str | Path, dtype: torch.dtype | None = None) -> OpenELM:
     """Build the model from config.json and load its safetensors weights (all keys, strictly)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import jax
+from tqdm import tqdm
 
 # Dense bf16 peak FLOP/s per chip (vendor spec sheets; GPU figures without structured sparsity).
 PEAK_FLOPS: dict[str, float] = {
@@ -52,9 +53,8 @@ class MetricsLogger:
         self.enabled = enabled
         if not enabled:
             return
+        # lazy: tensorboardX takes seconds to import; only the logging process of a run needs it
         from tensorboardX import SummaryWriter
-        from tqdm import tqdm
-
         self.jsonl = open(Path(run_dir) / "metrics.jsonl", "a")
         self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
         # The bar only on a terminal (disable=None): in a log file it is noise; the step lines still print.

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from jaxlm.errors import ConfigError
+from jaxlm.model import bucketed_tree, stored_tree
 from jaxlm.parallel import param_shardings, rules
 from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
 from jaxlm.training.state import SplitModel, logical_axes, merge_trees, split_model
@@ -80,8 +81,6 @@ class StoredLayout:
 
 
 def stored_layout(run_cfg, mesh: Mesh, p_shard, o_shard) -> StoredLayout:
-    from jaxlm.model import bucketed_tree, stored_tree
-
     cfg = run_cfg.model
     model_abs = model_for(cfg.stored(), run_cfg.quant, run_cfg.lora, abstract=True)
     split, params_abs, rest_abs = split_model(model_abs, run_cfg.lora)

@@ -9,6 +9,7 @@ import yaml
 
 from jaxlm.config import to_dict
 from jaxlm.outputs import write_file
+from jaxlm.tokenizer import load_tokenizer
 
 DEFAULT_TOKENIZER = "bundled:tokenizer"
 
@@ -19,8 +20,6 @@ def tokenizer_path(run_cfg) -> str:
 
 def load_run_tokenizer(run_cfg):
     """The tokenizer that run_cfg.data names, read as data.tokenizer_kind says (as `jaxlm data` reads it)."""
-    from jaxlm.tokenizer import load_tokenizer
-
     return load_tokenizer(tokenizer_path(run_cfg), run_cfg.data.tokenizer_kind)
 
 

@@ -23,13 +23,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.checkpoint import load_model
 from jaxlm.checkpoint.locate import finished_steps
-from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
-from jaxlm.model import flops
-from jaxlm.parallel import distributed, make_mesh, rules
-from jaxlm.training import run_dir as rd
 from jaxlm.checkpoint.metadata import CorruptCheckpoint
 from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
+from jaxlm.data import make_batch_iterator
+from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
+from jaxlm.model import flops
+from jaxlm.outputs import refuse_overlap
+from jaxlm.parallel import distributed, make_mesh, rules
+from jaxlm.tokenizer import check_vocab
+from jaxlm.training import run_dir as rd
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
 from jaxlm.training.run_lock import describe_holder, locked_run_dir
@@ -73,8 +77,6 @@ def train(run_cfg, *, batch_source=None, eval_source=None, tokenizer=None, quiet
         check_batch(tc, mesh, jax.process_count(), run_cfg.model.max_context)
         out = Path(tc.out_dir).absolute()
         if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
-            from jaxlm.outputs import refuse_overlap
-
             refuse_overlap(out, [tc.init_from], "train.out_dir")
         with locked_run_dir(out) as lock:
             return _train(run_cfg, mesh, out, stop, lock, batch_source, eval_source, tokenizer, quiet)
@@ -97,13 +99,9 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eva
     if tokenizer is None and batch_source is None:
         tokenizer = rd.load_run_tokenizer(run_cfg)
     if tokenizer is not None:
-        from jaxlm.tokenizer import check_vocab
-
         check_vocab(run_cfg.model.vocab_size, tokenizer)  # a mismatch fails now, not mid-run
     local_batch = tc.batch_size // pc
     if batch_source is None:
-        from jaxlm.data import make_batch_iterator
-
         batches = make_batch_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=local_batch,
                                       seed=run_cfg.seed, process_index=pi, process_count=pc)
     else:
@@ -289,8 +287,6 @@ def _initial_params(run_cfg, p_shard, r_shard):
     """(trainable, frozen) pure dicts: the parameters of train.init_from (a model dir or run dir) or a
     fresh random init, created by one jitted function directly in its sharded layout."""
     if run_cfg.train.init_from:
-        from jaxlm.checkpoint import load_model
-
         _, base = load_model(run_cfg.train.init_from, model_config=run_cfg.model)  # base weights only
         model = model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, base=base)
         _, params, rest = split_model(model, run_cfg.lora)

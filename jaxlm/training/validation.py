@@ -16,6 +16,7 @@ import math
 import jax
 import numpy as np
 
+from jaxlm.data import make_eval_iterator
 from jaxlm.errors import ConfigError
 from jaxlm.parallel import distributed
 from jaxlm.training.step import BATCH_KEYS
@@ -60,8 +61,6 @@ def make_validation(run_cfg, program, batch_sharding, tokenizer, eval_source, lo
         if tokenizer is None:
             raise ConfigError("train.eval_every needs a tokenizer to read data.validation; pass eval_source, or set "
                               "train.eval_every=0")
-        from jaxlm.data import make_eval_iterator
-
         def one_pass(num_batches=None):  # make_eval_iterator pads to num_batches itself
             return make_eval_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=local_batch,
                                       process_index=pi, process_count=pc, num_batches=num_batches)
