@@ -62,8 +62,8 @@ def test_streamed_gradient_in_x_equals_the_reference(bits, group, symmetric):
 
 
 def test_chunks_are_whole_groups_and_divide_k():
-    assert chunk_rows(1280, 7168, 1280, 8) == 128  # per channel: ~4 MB of float32
-    assert chunk_rows(3584, 1280, 128, 4) == 512  # 819 rows fit; 4 groups: the largest divisor of 28 <= 6
+    assert chunk_rows(1280, 7168, 1280, 8) == 256  # per channel: ~8 MB of float32
+    assert chunk_rows(3584, 1280, 128, 4) == 896  # 1638 rows fit; 7 groups: the largest divisor of 28 <= 12
     for k, n, g, bits in [(1280, 32000, 128, 4), (3584, 1280, 3584, 4), (192, 64, 64, 8), (96, 8, 96, 4)]:
         r = chunk_rows(k, n, g, bits)
         assert k % r == 0 and (r % g == 0 if g < k else r % (8 * (2 if bits == 4 else 1)) == 0 or r == k)
@@ -90,6 +90,22 @@ def test_in_a_loop_only_a_chunk_of_float_weight_is_held(bits, group):
           f"float weight {float_bytes / 1e6:.1f} MB")
     assert reference >= float_bytes  # the hoisted copy: what the test guards against
     assert streamed < float_bytes / 4
+
+
+def test_one_chunk_weights_are_not_hoisted_out_of_a_loop_either():
+    """A weight of one chunk has no loop of its own: its dequantize must still stay in the caller's
+    loop body, not become a float copy computed once before the loop (in the entry computation)."""
+    k, n = 512, 512
+    codes, scale, _ = _weights(k, n, 8, None, True, 5)
+
+    def looped(x, c, s):
+        body = lambda i, x: jnp.tanh(qmatmul_streamed(x, c, s, None, bits=8, chunk_bytes=1 << 30))  # noqa: E731
+        return jax.lax.fori_loop(0, 8, body, x)
+
+    text = jax.jit(looped).lower(jax.ShapeDtypeStruct((1, k), jnp.float32), codes, scale).compile().as_text()
+    entry = text[text.index("\nENTRY"):]
+    assert "while(" in entry and f"f32[{k},{n}]" in text  # the loop, and a float chunk somewhere
+    assert f"f32[{k},{n}]" not in entry  # ... but not before the loop
 
 
 def test_unsupported_bits_name_the_reference():
