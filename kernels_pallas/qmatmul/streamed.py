@@ -66,8 +66,7 @@ def qmatmul_streamed(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax
     # Columns of x that meet each stored row of codes: all of them at 8 bits, even / odd at 4.
     xs = [x] if per_byte == 1 else [x[:, 0::2], x[:, 1::2]]
     scale = scale.astype(jnp.float32)
-    offset = (jnp.full(scale.shape, 2.0 ** (bits - 1), jnp.float32) if zero is None
-              else zero.astype(jnp.float32))
+    offset = jnp.float32(2.0 ** (bits - 1)) if zero is None else zero.astype(jnp.float32)
     per_channel = group == k
     rows = chunk_rows(k, n, group, bits, chunk_bytes or CHUNK_BYTES)
     byte_rows = rows // per_byte
@@ -86,7 +85,8 @@ def qmatmul_streamed(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax
         else:  # dequantize the chunk's whole groups: each group row repeated over its byte rows
             g0, ng = i * (rows // group), rows // group
             s = jnp.repeat(lax.dynamic_slice_in_dim(scale, g0, ng, 0), group // per_byte, axis=0)
-            z = jnp.repeat(lax.dynamic_slice_in_dim(offset, g0, ng, 0), group // per_byte, axis=0)
+            z = offset if zero is None else jnp.repeat(lax.dynamic_slice_in_dim(offset, g0, ng, 0),
+                                                       group // per_byte, axis=0)
             ws = [(w - z) * s for w in parts(c)]
         for xp, w in zip(xi, ws):
             acc = acc + _dot(xp, w)
