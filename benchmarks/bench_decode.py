@@ -270,6 +270,7 @@ def bench_gpu(args) -> str:
 
 
 def main() -> int:
+    quiet.tune_malloc()  # before JAX starts, as the jaxlm CLI does
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny_uniform")
     p.add_argument("--size", default="270m", choices=sorted(SIZES), help="model sizes (CPU comparison)")

@@ -28,7 +28,18 @@ def load() -> float:
 
 
 def hardware() -> str:
-    return f"{cores()} CPU cores ({platform.processor() or platform.machine()}), no GPU or TPU"
+    from jaxlm import host_malloc
+
+    malloc = "glibc malloc tuned as the jaxlm CLI tunes it" if host_malloc.applied() else \
+        f"malloc not tuned ({host_malloc.skip_reason() or 'tune() not called'})"
+    return f"{cores()} CPU cores ({platform.processor() or platform.machine()}), no GPU or TPU; {malloc}"
+
+
+def tune_malloc() -> None:
+    """What the jaxlm CLI does before JAX starts (jaxlm.host_malloc); call it first in main()."""
+    from jaxlm import host_malloc
+
+    host_malloc.tune()
 
 
 def command() -> str:

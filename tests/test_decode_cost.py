@@ -12,6 +12,8 @@ test_kernels_qmatmul_streamed.py, and the TPU kernels' reads of packed codes in 
 
 from __future__ import annotations
 
+import importlib.util
+
 import jax
 import pytest
 
@@ -21,12 +23,41 @@ from jaxlm.model.unstack import unstacked
 
 SMALL = ["model.vocab_size=4096", "model.model_dim=512", "model.num_layers=4", "model.head_dim=64",
          "model.num_query_heads=8", "model.num_kv_heads=2", "model.ffn_dim=1536", "model.max_context=512"]
-# bytes accessed / (stored weights + KV cache), per batch size. The issue asks for 1.2 at every batch;
-# at batch 8 this config measures 1.36 (the 270M-class model 1.23): the cache write is a per-row
-# scatter, which the cost analysis counts as reading and writing the whole cache, and the
-# per-row work (logits, sampling) weighs more against a small model's weights. So batch 8 holds
-# the measured state, not the target (docs/inference.md).
+# bytes accessed / (stored weights + KV cache), per batch size. At batch 8 this config measures
+# 1.36: XLA's cost analysis counts a gather of 8 embedding rows as reading the whole table, and the
+# per-row cache scatter as reading and writing the whole cache (both measured alone below). Net of
+# those two counts the step is at 1.08, which the second test holds at 1.2.
 BOUND = {1: 1.2, 8: 1.4}
+
+
+def _overcount(model_cfg, batch: int, cache_len: int) -> float:
+    """What the cost analysis adds for the embedding gather and the cache scatter beyond the bytes
+    they touch: each op compiled alone at the step's shapes, minus its rows."""
+    import jax.numpy as jnp
+
+    from jaxlm.model import kv_cache
+
+    f32, i32 = jnp.float32, jnp.int32
+    table = jax.ShapeDtypeStruct((model_cfg.vocab_size, model_cfg.model_dim), f32)
+    ids = jax.ShapeDtypeStruct((batch,), i32)
+    gather = jax.jit(lambda e, i: jnp.take(e, i, axis=0)).lower(table, ids).compile().cost_analysis()
+    extra = gather["bytes accessed"] - 2 * batch * model_cfg.model_dim * 4  # rows read + written
+    for group in jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, batch, cache_len, f32)):
+        one = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in group.items()}
+        kv = jax.ShapeDtypeStruct((batch, 1) + one["k"].shape[1:2] + one["k"].shape[3:], f32)
+        write = jax.jit(lambda c, k, v, s: kv_cache.update_layer(c, k, v, s)[0], donate_argnums=0)
+        scatter = write.lower(one, kv, kv, ids).compile().cost_analysis()
+        extra += group["k"].shape[0] * (scatter["bytes accessed"] - 4 * kv.size * 4)
+    return extra
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_net_of_gather_and_scatter_counts_a_cpu_decode_step_is_within_1_2(batch):
+    rc = load_run_config("tiny_uniform", SMALL + ["model.param_dtype=float32", "model.compute_dtype=float32"])
+    c = cost.decode_step_cost(rc.model, rc.quant, batch, cache_len=128)
+    net = (c.bytes_accessed - _overcount(rc.model, batch, 128)) / (c.weight_bytes + c.cache_bytes)
+    print(f"batch {batch}: ratio {c.ratio:.3f}, net of the gather and scatter counts {net:.3f}")
+    assert net <= 1.2
 
 
 # float32 only: XLA:CPU upcasts a bf16 weight to f32 before its dot (2x-5x the bytes; docs/inference.md),
@@ -71,3 +102,30 @@ def test_engine_layout_per_platform_and_bad_name():
     with pytest.raises(JaxlmError, match="unknown layers layout"):
         engine.decode_layout(m, "sideways")
     assert jax.default_backend() == "cpu"
+
+
+def _copied_bytes(hlo: str) -> int:
+    """Bytes written by the copies and converts of float or integer arrays in the program's entry
+    computation: relayouts and upcasts (the compiler's async prefetches are copy-start, not counted)."""
+    import math
+    import re
+
+    entry = hlo[hlo.index("\nENTRY"):]
+    size = {"bf16": 2, "f32": 4, "s8": 1, "u8": 1}
+    return sum(math.prod(int(d) for d in dims.split(",") if d) * size[dt] for dt, dims in
+               re.findall(r"= (bf16|f32|s8|u8)\[([0-9,]*)\]\{[^}]*\} (?:copy|convert)\(", entry))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu not installed (pip install -e '.[tpu]'); CI installs it")
+@pytest.mark.parametrize("dtype, quant", [("bfloat16", []), ("float32", []), ("bfloat16", ["quant.bits=8"])])
+def test_a_tpu_decode_step_reads_weights_in_place(dtype, quant):
+    """Compiled for a v5e chip by libtpu: no weight is copied or upcast per step. Before the fix the
+    (D, 2, F) FFN weight was relaid out as (D, 2F), and at bf16 every weight converted to f32:
+    2.15x the weight bytes copied (bf16), 0.44x (f32); now 0.001x and 0."""
+    from jaxlm.aot import topology_devices
+
+    rc = load_run_config("tiny_uniform", SMALL + [f"model.param_dtype={dtype}", f"model.compute_dtype={dtype}"] + quant)
+    c = cost.decode_step_cost(rc.model, rc.quant, 1, cache_len=128, device=topology_devices("v5e:2x2")[0],
+                              layers="unroll")
+    assert _copied_bytes(c.hlo) < 0.02 * c.weight_bytes, (_copied_bytes(c.hlo), c.weight_bytes)

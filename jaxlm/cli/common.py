@@ -7,6 +7,8 @@ import os
 import sys
 import tempfile
 
+from jaxlm import host_malloc
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with the CLI's one-line errors: `jaxlm eval: error: ...; see jaxlm eval --help` (exit 2)."""
@@ -44,8 +46,11 @@ _LIBTPU_PROBE = ("Failed to find host bounds", "Logging before InitGoogle", "cou
 def start_backend() -> None:
     """Start JAX's backend (commands that run models call this first) with file descriptor 2
     captured: libtpu's probe lines on a host without a TPU are dropped (a failed start becomes the
-    CLI's one-line error), every other line is passed on."""
+    CLI's one-line error), every other line is passed on. On a CPU host, malloc is tuned first so
+    that XLA's scratch memory is reused between steps (jaxlm.host_malloc)."""
     import jax  # lazy: keeps `jaxlm --help` fast (every command imports this module)
+
+    host_malloc.tune()
 
     sys.stderr.flush()
     with tempfile.TemporaryFile() as captured:

@@ -7,6 +7,7 @@ every host (see docs/training.md); jax.distributed starts from the environment.
 
 from __future__ import annotations
 
+from jaxlm import host_malloc
 from jaxlm.cli.common import add_config_args, start_backend
 from jaxlm.config import load_run_config
 
@@ -25,6 +26,7 @@ def run(args) -> int:
     # lazy: after the config is read, so a bad config fails before JAX loads (and `jaxlm --help` stays fast)
     from jaxlm.parallel import distributed
 
+    host_malloc.tune()  # before jax.distributed's threads allocate (see jaxlm.host_malloc)
     distributed.maybe_initialize()  # before anything touches the devices
     start_backend()
 

@@ -31,6 +31,7 @@ class StepCost:
     weight_bytes: int  # every stored parameter array (codes + scales for quantized weights)
     cache_bytes: int  # the whole KV cache (every slot is live in the step measured)
     flops: float
+    hlo: str = dataclasses.field(default="", repr=False)  # the optimized program, for reading what it does
 
     @property
     def ratio(self) -> float:
@@ -72,4 +73,4 @@ def decode_step_cost(model_cfg, quant_cfg, batch_size: int, cache_len: int, cach
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     weights = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
     cache = kv_cache.cache_bytes(model_cfg, b, cache_len, cache_dtype)
-    return StepCost(float(cost["bytes accessed"]), weights, cache, float(cost.get("flops", 0.0)))
+    return StepCost(float(cost["bytes accessed"]), weights, cache, float(cost.get("flops", 0.0)), compiled.as_text())

@@ -4,7 +4,10 @@ other than a plain array (quantized weights, LoRA-wrapped weights) plug in here.
 A projection whose weight's leading dims are contracted with x's trailing dims (all of the
 model's: "btd,dkgh->btkgh", "btkgh,kghd->btd", ...) runs as one 2-D matmul, x (..., K) @ W (K, N),
 with both reshapes free in row-major order. Given the 4-D einsum instead, XLA:CPU transposed and
-copied the attention output weight on every decode step (docs/inference.md).
+copied the attention output weight on every decode step (docs/inference.md). On a TPU the
+reshape is not free: its arrays are tiled over their two minor dims, so the (D, 2, F) FFN
+weight as (D, 2F) is a relayout copy of the whole weight per step; there the einsum goes to
+XLA as written, and the TPU compiler reads every weight in place.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import math
 
 import jax
 import jax.numpy as jnp
+
+from jaxlm.ops.dispatch import target_platform
 
 
 @functools.lru_cache(maxsize=256)
@@ -37,7 +42,7 @@ def dense(equation: str, x: jax.Array, w, dtype=None, out_dtype=None) -> jax.Arr
         return w.dense(equation, x, dtype)
     x, w = x.astype(dtype), jnp.asarray(w).astype(dtype)
     n = trailing_contraction(equation)
-    if n is None:
+    if n is None or target_platform() == "tpu":
         return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(out_dtype)
     lead, out_dims = x.shape[:x.ndim - n], w.shape[n:]
     x2 = x.reshape(lead + (math.prod(w.shape[:n]),))
