@@ -87,11 +87,14 @@ def bench_model(name: str, reqs, runs: int, hf: bool, tmp: Path) -> list[dict]:
 
 
 def write_markdown(rows: list[dict], n: int, path: Path, loads: tuple[float, float]) -> None:
+    from jaxlm import host_malloc
+
     lines = ["# lm-eval loglikelihood: batch 1 vs batch 8", "",
              f"`python benchmarks/bench_lm_eval.py` on {platform.machine()} ({os.cpu_count()} CPU cores; 1-minute "
              f"load average {loads[0]:.2f} before, {loads[1]:.2f} after), {time.strftime('%Y-%m-%d')}. {n} "
              f"loglikelihood requests (the bundled shakespeare_cloze task's), best of the timed passes after one "
-             f"compiling pass; float32.", "",
+             f"compiling pass; float32; "
+             f"{'glibc malloc tuned as the jaxlm CLI tunes it' if host_malloc.applied() else 'malloc not tuned'}.", "",
              "| model | params | implementation | batch | seconds | requests/s | speed-up vs batch 1 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -102,6 +105,9 @@ def write_markdown(rows: list[dict], n: int, path: Path, loads: tuple[float, flo
 
 
 def main() -> None:
+    from jaxlm import host_malloc
+
+    host_malloc.tune()  # before JAX starts, as `jaxlm eval` does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--repeat", type=int, default=2, help="repeat the 128 requests this many times")

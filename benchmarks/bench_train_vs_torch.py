@@ -117,11 +117,11 @@ def main() -> int:
 
     jrun = jax_runner(run_cfg, args.batch, args.seq_len)
     trun, torch_params = torch_runner(run_cfg.model, args.batch, args.seq_len, run_cfg.train.lr, args.dtype)
+    threads = quiet.best_torch_threads(lambda: trun(2), repeats=1)  # torch's warm-up
     t0 = time.perf_counter()
     jrun(2)
     jax_warm = time.perf_counter() - t0
     jrun(WARM_STEPS - 2)  # the heap settles over the first few steps (jaxlm.host_malloc)
-    threads = quiet.best_torch_threads(lambda: trun(2), repeats=1)
     times = quiet.interleaved({"jaxlm": lambda: jrun(args.steps), "torch": lambda: trun(args.steps)}, args.rounds)
     watch.stop()
     tokens = args.batch * args.seq_len * args.steps
