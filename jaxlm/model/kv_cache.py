@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.model.config import ModelConfig
+from jaxlm.ops import target_platform
 
 LayerCache = dict[str, jax.Array]
 
@@ -63,8 +64,17 @@ def update_layer(cache: LayerCache, k: jax.Array, v: jax.Array, start: jax.Array
     Returns the new cache and the full keys and values, head-major (B, Hkv, S, D) as stored, in
     k's dtype, to attend over (`jaxlm.ops.cached_attention`).
     """
+    # One new token per row on a TPU, several rows: a select of the row's slot. The per-row
+    # dynamic_update_slice becomes a scatter, which the TPU compiler runs as a loop over rows
+    # whose result has another tiled layout than the stored cache, so every layer's K and V
+    # were copied per step (docs/inference.md, "TPU, whole step").
+    select = k.shape[0] > 1 and k.shape[1] == 1 and target_platform() == "tpu"
+
     def write(buf, new, s):  # buf (Hkv, S, ...), new (T, Hkv, ...)
         new = jnp.swapaxes(new, 0, 1).astype(buf.dtype)
+        if select:
+            slot = jax.lax.broadcasted_iota(jnp.int32, (1, buf.shape[1]) + (1,) * (buf.ndim - 2), 1)
+            return jnp.where(slot == jnp.clip(s, 0, buf.shape[1] - 1), new, buf)  # clipped as the slice is
         return jax.lax.dynamic_update_slice(buf, new, (0, s) + (0,) * (buf.ndim - 2))
 
     if "k_scale" not in cache:
