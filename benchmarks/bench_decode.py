@@ -27,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quiet  # noqa: E402  (benchmarks/quiet.py)
+from jaxlm import host_malloc  # noqa: E402
 
 
 def random_jaxlm_model(cfg, seed=0):
@@ -270,7 +271,7 @@ def bench_gpu(args) -> str:
 
 
 def main() -> int:
-    quiet.tune_malloc()  # before JAX starts, as the jaxlm CLI does
+    host_malloc.tune()  # before JAX starts, as the jaxlm CLI does
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny_uniform")
     p.add_argument("--size", default="270m", choices=sorted(SIZES), help="model sizes (CPU comparison)")

@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quiet  # noqa: E402  (benchmarks/quiet.py)
+from jaxlm import host_malloc  # noqa: E402
 
 WARM_STEPS = 6
 
@@ -98,7 +99,7 @@ def main() -> int:
     from jaxlm.config import load_run_config
     from jaxlm.model import abstract_model, param_count
 
-    quiet.tune_malloc()  # before JAX starts, as the jaxlm CLI does
+    host_malloc.tune()  # before JAX starts, as the jaxlm CLI does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="tiny_uniform")
     ap.add_argument("--batch", type=int, default=16)

@@ -35,12 +35,6 @@ def hardware() -> str:
     return f"{cores()} CPU cores ({platform.processor() or platform.machine()}), no GPU or TPU; {malloc}"
 
 
-def tune_malloc() -> None:
-    """What the jaxlm CLI does before JAX starts (jaxlm.host_malloc); call it first in main()."""
-    from jaxlm import host_malloc
-
-    host_malloc.tune()
-
 
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
