@@ -39,6 +39,9 @@ class TrainConfig:
     sample_tokens: int = 60  # tokens generated for that sample
     peak_flops: float | None = None  # override the per-device peak (FLOP/s) used for MFU
     stop_after: int | None = None  # end the process after this many steps (tests), as if preempted
+    compile_cache: bool | str = "auto"  # persistent compilation cache, so a restart loads the compiled step:
+    # "auto" (<out_dir>/compile_cache, or JAX_COMPILATION_CACHE_DIR when set), "off", or a directory
+    # (YAML's off/false/true are read as "off"/"off"/"auto")
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "loss_chunk"):
@@ -47,6 +50,10 @@ class TrainConfig:
         if self.eval_every < 0 or self.eval_batches < 0:
             raise ConfigError(f"train.eval_every and train.eval_batches must be >= 0 (0: no validation / the whole "
                               f"validation set), got {self.eval_every} and {self.eval_batches}")
+        if isinstance(self.compile_cache, bool):
+            object.__setattr__(self, "compile_cache", "auto" if self.compile_cache else "off")
+        if not str(self.compile_cache).strip():
+            raise ConfigError('train.compile_cache is empty; give "auto", "off" or a directory')
         if not str(self.out_dir).strip():
             raise ConfigError("train.out_dir is empty; give the run directory (e.g. runs/my_run)")
         if self.batch_size % self.micro_batches:

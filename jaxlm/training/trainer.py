@@ -33,7 +33,7 @@ from jaxlm.model import flops
 from jaxlm.outputs import refuse_overlap
 from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.tokenizer import check_vocab
-from jaxlm.training import run_dir as rd
+from jaxlm.training import compile_cache, run_dir as rd
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
 from jaxlm.training.run_lock import describe_holder, locked_run_dir
@@ -78,11 +78,11 @@ def train(run_cfg, *, batch_source=None, eval_source=None, tokenizer=None, quiet
         out = Path(tc.out_dir).absolute()
         if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
             refuse_overlap(out, [tc.init_from], "train.out_dir")
-        with locked_run_dir(out) as lock:
-            return _train(run_cfg, mesh, out, stop, lock, batch_source, eval_source, tokenizer, quiet)
+        with locked_run_dir(out) as lock, compile_cache.active(tc.compile_cache, out) as cache:
+            return _train(run_cfg, mesh, out, stop, lock, cache, batch_source, eval_source, tokenizer, quiet)
 
 
-def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eval_source, tokenizer,
+def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_source, eval_source, tokenizer,
            quiet) -> TrainResult:
     tc = run_cfg.train
     pi, pc = jax.process_index(), jax.process_count()
@@ -111,10 +111,15 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eva
     batch_shard = rules.batch_sharding(mesh)
     validation = make_validation(run_cfg, program, batch_shard, tokenizer, eval_source, local_batch)
 
+    compiled_from = ""  # the log line's note when the step came from the compile cache
+
     def compile_step():  # from abstract shapes; a step the target cannot build also fails before any write
-        t0 = time.perf_counter()
+        nonlocal compiled_from
+        t0, hits = time.perf_counter(), cache.hits
         lowered = program.step_fn.lower(*program.abstract_args(tc.batch_size, tc.seq_len))
-        return lowered.compile(), time.perf_counter() - t0
+        compiled_ = lowered.compile()
+        compiled_from = cache.describe(hits)
+        return compiled_, time.perf_counter() - t0
 
     # A finished run that is rerun has nothing to compile.
     compiled, compile_s = compile_step() if (resume_step or 0) < tc.steps else (None, 0.0)
@@ -161,7 +166,7 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, batch_source, eva
         logger = MetricsLogger(out, tc.steps, step, enabled=(pi == 0 and not quiet))
         logger.message(f"{run_cfg.model.name}: {sum(math.prod(x.shape) for x in jax.tree.leaves(params_abs)):,} trainable "
                        f"params, mesh {dict(mesh.shape)}, {jax.device_count()} devices, {pc} process(es), "
-                       + (f"step compiled in {compile_s:.1f}s" if step < tc.steps else
+                       + (f"step compiled in {compile_s:.1f}s{compiled_from}" if step < tc.steps else
                         f"already finished at step {step} of train.steps={tc.steps} (raise train.steps to go on)")
                        + (f", resumed at step {step}" if 0 < step < tc.steps else ""))
         for note in notes:
