@@ -28,7 +28,6 @@ from jaxlm.training.run_lock import LOCK_NAME
 
 DIR_NAME = "compile_cache"
 _HIT = "/jax/compilation_cache/cache_hits"
-_SAVED = "/jax/compilation_cache/compile_time_saved_sec"
 
 
 @dataclasses.dataclass
@@ -36,12 +35,7 @@ class CacheUse:
     """What the cache did while it was active."""
 
     directory: str | None  # None: no persistent cache for this run
-    hits: int = 0
-    saved_s: float = 0.0  # compile time the hits saved (JAX's own figure)
-
-    def describe(self, hits_before: int) -> str:
-        """", or the note for a log line when programs came from the cache since `hits_before`."""
-        return "" if self.hits == hits_before else f" (from the compile cache {self.directory})"
+    hits: int = 0  # programs loaded from it
 
 
 def resolve(setting: str, out_dir: Path) -> str | None:
@@ -63,21 +57,15 @@ def active(setting: str, out_dir: Path):
         if event == _HIT:
             use.hits += 1
 
-    def on_duration(event: str, duration_secs: float, **_):
-        if event == _SAVED:
-            use.saved_s += duration_secs
-
     changed = use.directory != previous  # "off" under JAX_COMPILATION_CACHE_DIR: None for the run
     if changed:
         jax.config.update("jax_compilation_cache_dir", use.directory)
         jax_cache.reset_cache()  # JAX decides once per process whether a cache is used: decide again
     jax.monitoring.register_event_listener(on_event)
-    jax.monitoring.register_event_duration_secs_listener(on_duration)
     try:
         yield use
     finally:
         jax.monitoring.unregister_event_listener(on_event)
-        jax.monitoring.unregister_event_duration_listener(on_duration)
         if changed:
             jax.config.update("jax_compilation_cache_dir", previous)
             jax_cache.reset_cache()

@@ -111,18 +111,14 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
     batch_shard = rules.batch_sharding(mesh)
     validation = make_validation(run_cfg, program, batch_shard, tokenizer, eval_source, local_batch)
 
-    compiled_from = ""  # the log line's note when the step came from the compile cache
-
     def compile_step():  # from abstract shapes; a step the target cannot build also fails before any write
-        nonlocal compiled_from
+        """-> (executable, seconds, whether it came from the compile cache)"""
         t0, hits = time.perf_counter(), cache.hits
         lowered = program.step_fn.lower(*program.abstract_args(tc.batch_size, tc.seq_len))
-        compiled_ = lowered.compile()
-        compiled_from = cache.describe(hits)
-        return compiled_, time.perf_counter() - t0
+        return lowered.compile(), time.perf_counter() - t0, cache.hits > hits
 
     # A finished run that is rerun has nothing to compile.
-    compiled, compile_s = compile_step() if (resume_step or 0) < tc.steps else (None, 0.0)
+    compiled, compile_s, cached = compile_step() if (resume_step or 0) < tc.steps else (None, 0.0, False)
 
     def open_checkpoints():  # creates the folder, so only after every check has passed
         return RunCheckpoints(out / "checkpoints", run_cfg.checkpoint.every, run_cfg.checkpoint.keep,
@@ -159,14 +155,15 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
 
         state = {"params": params, "opt_state": opt_state}
         if compiled is None and step < tc.steps:  # resumed from an older step than the newest on disk
-            compiled, compile_s = compile_step()
+            compiled, compile_s, cached = compile_step()
 
         flops_per_token = flops.train_flops_per_token(run_cfg.model, tc.seq_len)
         peak = tc.peak_flops or peak_flops_per_device()
         logger = MetricsLogger(out, tc.steps, step, enabled=(pi == 0 and not quiet))
+        from_cache = f" (from the compile cache {cache.directory})" if cached else ""
         logger.message(f"{run_cfg.model.name}: {sum(math.prod(x.shape) for x in jax.tree.leaves(params_abs)):,} trainable "
                        f"params, mesh {dict(mesh.shape)}, {jax.device_count()} devices, {pc} process(es), "
-                       + (f"step compiled in {compile_s:.1f}s{compiled_from}" if step < tc.steps else
+                       + (f"step compiled in {compile_s:.1f}s{from_cache}" if step < tc.steps else
                         f"already finished at step {step} of train.steps={tc.steps} (raise train.steps to go on)")
                        + (f", resumed at step {step}" if 0 < step < tc.steps else ""))
         for note in notes:
