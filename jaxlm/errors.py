@@ -12,6 +12,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import reprlib
+import sys
 import traceback
 from pathlib import Path
 
@@ -26,6 +29,14 @@ class JaxlmError(Exception):
 
 class ConfigError(JaxlmError):
     """An invalid configuration value, key or file."""
+
+
+class ArgumentTypeError(JaxlmError, TypeError):
+    """A Python API argument of the wrong type (jaxlm.inference.checks: one rule per argument)."""
+
+
+class ArgumentValueError(JaxlmError, ValueError):
+    """A Python API argument of the right type outside its allowed values."""
 
 
 def debug() -> bool:
@@ -85,6 +96,8 @@ def user_message(e: BaseException) -> str | None:
         return os_message(e)
     if is_disk_full(e):
         return f"no space left on the device while writing ({_first_line(e)}); free some space or write elsewhere"
+    if is_out_of_memory(e):
+        return out_of_memory_message(e)
     if isinstance(e, (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError)):
         return f"unreadable input ({type(e).__name__}: {_first_line(e)}); fix or replace that file"
     name = type(e).__name__
@@ -96,6 +109,49 @@ def user_message(e: BaseException) -> str | None:
         return (f"a checkpoint file could not be read ({name}: {_first_line(e)}); it is corrupt or incomplete: "
                 f"replace it or point to another checkpoint")
     return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """MemoryError, or XLA's RESOURCE_EXHAUSTED / "Out of memory" (XlaRuntimeError / JaxRuntimeError)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or (type(e).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and (
+        "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()))
+
+
+def out_of_memory_message(e: BaseException) -> str:
+    """Out of memory is the user's to fix: what was asked, what there is, and the settings to lower."""
+    asked = re.search(r"allocat\w* (\d+) bytes", str(e))
+    asked = f"{int(asked[1]) / 2 ** 30:.2f} GiB asked for" if asked else _first_line(e)
+    return (f"out of memory ({asked}; {_memory_available()}); lower the batch (train.batch_size or --batch-size, "
+            f"or raise train.micro_batches), the sequence length (train.seq_len) or the model (model.model_dim, "
+            f"model.num_layers), or set model.remat=full")
+
+
+def _memory_available() -> str:
+    """The first device's memory where JAX reports it (GPU, TPU), else the host's RAM (CPU)."""
+    jax = sys.modules.get("jax")  # only when already loaded: a message never starts a backend
+    try:
+        limit = ((jax.devices()[0].memory_stats() or {}) if jax else {}).get("bytes_limit")
+    except Exception:  # no backend after all: fall back to the host
+        limit = None
+    if limit:
+        return f"{limit / 2 ** 30:.1f} GiB per device"
+    return f"this host has {host_ram_bytes() / 2 ** 30:.1f} GiB of RAM"
+
+
+def host_ram_bytes() -> int:
+    """Physical memory of this host."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def short_repr(value, limit: int = 80) -> str:
+    """repr(value) for a message, cut short in bounded time: a huge or deeply nested value (a YAML alias
+    bomb, a giant list passed as an argument) must not hang the error that names it."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxtuple, r.maxlist, r.maxarray, r.maxdict, r.maxset, r.maxfrozenset, r.maxdeque = 3, *[6] * 7
+    r.maxstring = r.maxlong = r.maxother = limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _first_line(e: BaseException) -> str:

@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,12 +33,15 @@ _TEMP = re.compile(r"^\.?(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
 def check_output(out: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path] = (),
                  folder: bool = True) -> Path:
     """The absolute output path, after refusing an output that overlaps an input or already exists."""
+    if not str(out).strip():  # "" would be the current folder
+        raise JaxlmError("the output path is empty; give the file or folder to write")
     out = Path(os.path.abspath(out))
     clean_stale(out)  # first: a previous output displaced by a killed writer is back before the checks
     blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise JaxlmError(f"cannot write {out}: {blocker} is a file, not a folder; choose another path")
     refuse_overlap(out, inputs)
+    _probe_writable(out)
     if out.exists():
         if folder and not out.is_dir():
             raise JaxlmError(f"output {out} exists and is not a directory; choose another path")
@@ -47,6 +51,22 @@ def check_output(out: str | Path, *, overwrite: bool = False, inputs: Iterable[s
             what = "exists and is not empty" if folder else "already exists"
             raise JaxlmError(f"output {out} {what}; choose another path or pass --overwrite")
     return out
+
+
+def _probe_writable(out: Path) -> None:
+    """Create (and drop) a nameless file where `out` will be written, so that a folder that cannot be written
+    (permissions, a read-only filesystem) fails now, before the work that makes the output."""
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full(out) from None
+        raise JaxlmError(f"cannot write {out}: {folder} is not writable ({e.strerror}); check its permissions or "
+                         f"choose another path") from None
 
 
 def refuse_overlap(out: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:

@@ -27,7 +27,7 @@ def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, a
     """The run's model: `base` (a loaded model), or else a fresh init from `seed` (ShapeDtypeStruct
     leaves when `abstract`), quantized when `quant.enabled` and not quantized yet, then wrapped with
     adapters when `lora.enabled`. A plain model gets model_cfg's layer buckets."""
-    plain = not (quant.enabled or lora.enabled)
+    plain = is_plain(quant, lora)
     cfg = model_cfg if plain else model_cfg.stored()
     if base is None:
         model = abstract_model(cfg) if abstract else build_model(cfg, seed=seed)
@@ -40,6 +40,17 @@ def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, a
     if lora.enabled:
         model = apply_lora(model, lora)
     return model
+
+
+def is_plain(quant: QuantConfig, lora: LoraConfig) -> bool:
+    """Whether a run's model is a plain float model, the only kind that takes layer buckets."""
+    return not (quant.enabled or lora.enabled)
+
+
+def inference_layout(model, run_cfg):
+    """A loaded model (stored layout, as `load_model` returns it) in the layout decode runs: the run's
+    layer buckets for a plain model; a quantized or adapted model keeps its per-layer weights."""
+    return to_bucketed(model, run_cfg.model) if is_plain(run_cfg.quant, run_cfg.lora) else model
 
 
 def trainable_filter(lora: LoraConfig):

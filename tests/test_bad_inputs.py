@@ -281,6 +281,71 @@ def run_and_hf(base, tmp):
     copy_hf(base, tmp)
 
 
+def text_corpus(base, tmp):
+    (tmp / "corpus").mkdir()
+    (tmp / "corpus" / "a.txt").write_text("Fair is foul, and foul is fair.\n" * 50)
+
+
+def bad_line_after_good_ones(base, tmp):  # the reader fails after tokenizer workers have started
+    (tmp / "corpus").mkdir()
+    (tmp / "corpus" / "a.txt").write_bytes(b"Fair is foul, and foul is fair.\n" * 300 + b"\xff\xfe not UTF-8\n")
+
+
+def hf_tokenizer_too_big(base, tmp):  # 200 more ids than the embedding's 2048 rows
+    copy_hf(base, tmp)
+    p = tmp / "hf" / "tokenizer.json"
+    tok = json.loads(p.read_text())
+    tok["added_tokens"] += [{"id": 2048 + i, "content": f"<extra_{i}>", "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": True} for i in range(200)]
+    p.write_text(json.dumps(tok))
+
+
+def string_loss_and_earlier_plot(base, tmp):  # the earlier plot must survive the failed replot
+    copy_run(base, tmp)
+    (tmp / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": "high"}\n')
+    (tmp / "run" / "plots").mkdir()
+    (tmp / "run" / "plots" / "loss.png").write_bytes(b"an earlier plot")
+
+
+def bad_template(base, tmp):
+    (tmp / "bad.jinja").write_text("{% for m in messages %}{{ m.content }\n")
+
+
+def quantized_model(base, tmp):
+    from jaxlm.checkpoint.quantized import quantize_model_dir
+    from jaxlm.quant.config import QuantConfig
+
+    quantize_model_dir(base / "run", tmp / "q", QuantConfig(bits=8), log=lambda *_: None)
+
+
+# config fields
+def inherit_a_number(base, tmp):
+    (tmp / "bad.yaml").write_text("inherit: 3\ntrain: {steps: 3}\n")
+
+
+# found by benchmarks/probe_inputs.py
+def yaml_alias_bomb(base, tmp):  # 9**9 strings as one value: naming it in the error must not expand it
+    anchors = ", ".join(f"&{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi"))
+    first = "&a [x, x, x, x, x, x, x, x, x]"
+    (tmp / "bad.yaml").write_text(f"inherit: tiny_uniform\nmodel:\n  name: [{first}, {anchors}]\n")
+
+
+def a_fifo(base, tmp):  # opening it for reading would block for ever
+    import os
+
+    os.mkfifo(tmp / "fifo")
+
+
+def range_template(base, tmp):
+    (tmp / "t.jinja").write_text("{% for i in range(10**9) %}{{ i }}{% endfor %}")
+
+
+def hf_only_lm_head(base, tmp):  # the tied-head comparison used to read the missing embedding (KeyError)
+    copy_hf(base, tmp)
+    header = json.dumps({"lm_head.weight": {"dtype": "F32", "shape": [3, 3], "data_offsets": [0, 36]}}).encode()
+    (tmp / "hf" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 36)
+
+
 TRAIN = "train {base}/tiny.yaml --set train.out_dir={tmp}/new"
 SRC = "--set 'data.sources=[{{path: {tmp}/corpus}}]'"
 CASES = [
@@ -404,6 +469,64 @@ CASES = [
      "UTF-8"),
     ("tokenizer-tiny-vocab", "tokenizer train bundled:corpus/valid --vocab-size 10 --output {tmp}/tok", None,
      "vocab"),
+    # config fields, each checked where it enters, from the one description of the field
+    ("inherit-a-number", "model-info {tmp}/bad.yaml", inherit_a_number, "`inherit:` in .* must be a config name"),
+    ("train-seed-10e23", TRAIN + " --set seed=100000000000000000000000", None,
+     r"seed is 100000000000000000000000, must be in \[0, 2\*\*32\)"),
+    ("train-b1-over-1", TRAIN + " --set train.b1=1.5", None, r"train.b1 is 1.5, must be in \[0, 1\)"),
+    ("train-negative-sample-tokens", TRAIN + " --set train.sample_tokens=-1", None, "train.sample_tokens is -1"),
+    ("train-unquoted-prompt", TRAIN + " --set " + shlex.quote("train.sample_prompt=ROMEO: hi"), None,
+     """quote it, e.g. --set 'train.sample_prompt="ROMEO: hi"'"""),
+    # refused from the shapes before compiling (it was still compiling after 400 s); the default run's seq_len
+    ("train-batch-over-host-memory", TRAIN + " --set train.batch_size=300000 --set train.seq_len=128", None,
+     r"needs at least .* GiB, more than this host's RAM .* lower train.batch_size"),
+    ("train-model-dim-typo", TRAIN + " --set model.model_dim=1000000", None,
+     r"needs at least .* GiB, more than this host's RAM .* lower model.model_dim"),
+    ("compile-decode-over-context", "compile tiny_uniform --topology v5e:2x2 --decode --prompt-len 500 "
+                                    "--new-tokens 100", None, "over the model's context of 512"),
+    # data readers and the outputs of data commands
+    ("prepare-out-inside-corpus", "data prepare {base}/tiny.yaml " + SRC + " --out {tmp}/corpus/rows", text_corpus,
+     "lies inside the input"),
+    ("prepare-out-is-corpus", "data prepare {base}/tiny.yaml " + SRC + " --out {tmp}/corpus --overwrite",
+     text_corpus, "is the input"),
+    ("prepare-out-holds-corpus", "data prepare {base}/tiny.yaml " + SRC + " --out {tmp} --overwrite", text_corpus,
+     "contains the input"),
+    ("train-parquet-format-over-text", TRAIN + " --set 'data.sources=[{{path: {tmp}/corpus, format: parquet}}]'",
+     text_corpus, r"a\.txt is not a Parquet file \(format: parquet\); set data.sources\[\].format"),
+    ("stats-jsonl-format-over-text", "data stats {base}/tiny.yaml --set 'data.sources=[{{path: {tmp}/corpus, "
+     "format: jsonl}}]'", text_corpus, r"a\.txt is not a JSONL file \(format: jsonl\)"),
+    ("train-fails-with-tokenizer-workers", TRAIN + " --set 'data.sources=[{{path: {tmp}/corpus, unit: line}}]' "
+     "--set data.workers=2 --set data.on_bad_record=error", bad_line_after_good_ones, "not UTF-8"),
+    # models, tokenizers, chat templates, plots and evaluation
+    ("from-hf-tokenizer-over-embedding", "convert from-hf --hf {tmp}/hf --out {tmp}/jx", hf_tokenizer_too_big,
+     "tokenizer.json has 2248 ids but the embedding has 2048 rows"),
+    ("plot-string-loss", "plot {tmp}/run", string_loss_and_earlier_plot, "line 2: 'loss' is 'high', not a number"),
+    ("chat-template-does-not-parse", "generate --ckpt {base}/run --chat --chat-template {tmp}/bad.jinja --prompt hi",
+     bad_template, r"chat template file .*bad\.jinja does not parse \(line 1"),
+    ("chat-template-is-a-folder", "generate --ckpt {base}/run --chat --chat-template {tmp} --prompt hi", None,
+     "chat template file .* is a directory"),
+    ("to-hf-quantized", "convert to-hf --ckpt {tmp}/q --out {tmp}/hf_out", quantized_model,
+     "quantized model .*export the float model it was quantized from"),
+    ("eval-tasks-output-unwritable", "eval --ckpt {base}/run --tasks bundled:eval/shakespeare_cloze.yaml --limit 2 "
+     "--output /sys/jaxlm-results.json", None, "cannot write /sys/jaxlm-results.json: /sys is not writable"),
+    # found by benchmarks/probe_inputs.py
+    ("yaml-alias-bomb", "model-info {tmp}/bad.yaml", yaml_alias_bomb, r"model.name must be a string, got \[\['x'"),
+    ("train-steps-over-int32", TRAIN + " --set train.steps=100000000000000000000", None,
+     r"train.steps is 100000000000000000000, must be in \[1, 2\*\*31\)"),
+    ("train-tokenizer-fifo", TRAIN + " --set data.tokenizer={tmp}/fifo", a_fifo, "is not a regular file"),
+    ("train-sample-prompt-over-context", TRAIN + " --set train.sample_prompt=" + shlex.quote("ROMEO, speak! " * 200),
+     None, r"train.sample_prompt is \d+ tokens.*over the model's context"),
+    ("train-compile-cache-a-file", TRAIN + " --set train.compile_cache={base}/tiny.yaml", None,
+     "train.compile_cache .* is a file"),
+    ("prepare-out-empty", "data prepare {base}/tiny.yaml --out ''", None, "the output path is empty"),
+    ("chat-template-range-too-big", "generate --ckpt {base}/run --chat --chat-template {tmp}/t.jinja --prompt hi",
+     range_template, r"the chat template failed on this conversation \(OverflowError"),
+    ("eval-tasks-output-onto-input", "eval --ckpt {tmp}/run --tasks bundled:eval/shakespeare_cloze.yaml --limit 1 "
+     "--output {tmp}/run/config.yaml", copy_run, "lies inside the input"),
+    ("to-hf-max-shard-inf", "convert to-hf --ckpt {base}/run --out {tmp}/o --max-shard-size infGB", None,
+     "cannot use size 'infGB'"),
+    ("from-hf-missing-embedding", "convert from-hf --hf {tmp}/hf --out {tmp}/jx", hf_only_lm_head,
+     "tensor.* missing from the checkpoint"),
 ]
 
 

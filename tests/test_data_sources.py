@@ -143,3 +143,26 @@ def test_pipeline_with_a_tiktoken_tokenizer(tmp_path):
     n = len(text.encode()) + 2
     assert batch["inputs"][0, 0] == 256 and batch["inputs"][0, n - 1] == 257
     assert tok.decode(batch["inputs"][0, 1:n - 1]) == text and batch["loss_mask"][0].sum() == n - 1
+
+
+def test_fifos_and_symlink_loops_are_skipped_and_counted_not_waited_on(tmp_path):
+    import os
+    import shutil
+
+    from cli_helpers import jaxlm
+
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    shutil.copy(PLAY, corpus / "sub" / "macbeth.txt")
+    os.mkfifo(corpus / "pipe.txt")  # opening it would wait for a writer: forever
+    (corpus / "sub" / "up").symlink_to(corpus)  # two loops: a glob's `**` through both doubles per level
+    (corpus / "again").symlink_to(corpus)
+    skipped = Counter()
+    assert list_files(SourceConfig(path=str(corpus)), skipped) == [corpus / "sub" / "macbeth.txt"]
+    assert skipped == Counter(not_regular_file=1)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"inherit: tiny_layerwise\ndata:\n  sources:\n    - {{path: {corpus}, name: folder}}\n"
+                   f"    - {{path: '{corpus}/**/*.txt', name: glob}}\n")
+    r = jaxlm("data", "stats", cfg, "--seq-len", "64", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "documents kept: 2" in r.stdout and "not_regular_file 2" in r.stdout, r.stdout

@@ -101,3 +101,31 @@ def test_tokenizer_json_roles_and_bad_files(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": 3}')
     with pytest.raises(JaxlmError, match="is not a tokenizers tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("adds_bos", [True, False], ids=["post-processor-adds-bos", "no-bos"])
+def test_string_apis_add_bos_as_the_tokenizer_does(tmp_path, adds_bos):
+    """generate / perplexity / `jaxlm eval` ids equal AutoTokenizer(text)'s whether or not the
+    tokenizer.json's post-processor adds BOS, and perplexity equals transformers' on those ids."""
+    import math
+
+    import torch
+    import jaxlm
+
+    backend = train_bpe(LLAMA3_SPECIALS, files=1)
+    if not adds_bos:
+        backend.post_processor = None
+    save_fast_tokenizer(backend, tmp_path / "hf", bos="<|begin_of_text|>", eos="<|end_of_text|>")
+    hf_model = tiny_llama(tmp_path / "hf", backend.get_vocab_size(), bos_id=0, eos_id=1)
+    from_hf(tmp_path / "hf", tmp_path / "jx")
+    lm = jaxlm.load(tmp_path / "jx")
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "The quality of mercy is not strained; it droppeth as the gentle rain from heaven."
+    expected = auto(text).input_ids
+    assert (expected[0] == 0) == adds_bos
+    assert lm.tokenizer.adds_bos == adds_bos
+    assert lm.encode_prompts([text])[0] == expected  # generate / stream
+    assert lm.tokenizer.encode_input(text) == expected  # jaxlm eval, perplexity
+    with torch.no_grad():
+        hf_loss = hf_model(torch.tensor([expected]), labels=torch.tensor([expected])).loss.item()
+    assert lm.perplexity(text) == pytest.approx(math.exp(hf_loss), rel=1e-4)

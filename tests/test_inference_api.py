@@ -89,6 +89,27 @@ def test_perplexity_of_a_file_equals_exp_mean_nll(lm, tmp_path):
     assert lm.perplexity(text, seq_len=32) == pytest.approx(math.exp(nll / n), rel=1e-4)
 
 
+def test_perplexity_compiles_windows_no_wider_or_taller_than_the_text(lm, monkeypatch):
+    """A short text on a longer context is scored in a (1, 32)-target call, not the whole context and
+    batch; a longer one in full windows and a batch of the windows it has; the value is unchanged."""
+    shapes = []
+    score = lm.scorer._logprobs
+    monkeypatch.setattr(lm.scorer, "_logprobs", lambda state, ids, mask: shapes.append(ids.shape) or score(state, ids, mask))
+    short = "Friends, Romans, countrymen."
+    n = len(lm.tokenizer.encode_input(short))
+    assert n <= 32
+    lm.perplexity(short)
+    assert shapes == [(1, 33)]  # 32 targets (the smallest bucket), one row: not (8, 64) for the context of 64
+    long = "Friends, Romans, countrymen, lend me your ears. " * 12
+    ids = lm.tokenizer.encode_input(long)
+    shapes.clear()
+    ppl = lm.perplexity(long, batch_size=8)
+    windows = -(-(len(ids) - 1) // 63)
+    assert 2 <= windows < 8 and shapes == [(1 << (windows - 1).bit_length(), 64)]
+    lp = np.concatenate([lm.scorer.token_logprobs(ids[i:i + 64]) for i in range(0, len(ids) - 1, 63)])
+    assert ppl == pytest.approx(math.exp(-lp.mean()), rel=1e-4)
+
+
 def test_bad_inputs_give_clear_errors(lm, model_dir, tmp_path):
     with pytest.raises(JaxlmError, match="prompt 0 is empty"):
         lm.generate("")

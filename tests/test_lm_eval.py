@@ -157,3 +157,40 @@ def test_unknown_task_name_is_a_one_line_error(models, capsys):
     _, _, _, root = models
     assert main(["eval", "--ckpt", str(root / "jx"), "--tasks", "no_such_task_xyz"]) == 2
     assert "unknown lm-eval task(s) no_such_task_xyz" in capsys.readouterr().err
+
+
+FAKE_EVALUATION = """
+import sys
+
+import tqdm
+from lm_eval import evaluator
+
+import jaxlm.eval.tasks
+from jaxlm.cli.main import main
+from jaxlm.errors import JaxlmError
+
+
+def evaluate(*args, **kwargs):  # what lm-eval writes to stderr: progress bars, log lines, git's complaint
+    for _ in tqdm.tqdm(range(3)):
+        pass
+    print("a log line", file=sys.stderr)
+    evaluator.get_git_commit_hash()
+    if sys.argv[1] == "fail":
+        raise JaxlmError("the task failed")
+    return {"results": {}, "versions": {}}
+
+
+jaxlm.eval.tasks.evaluate = evaluate
+sys.exit(main(["eval", "--ckpt", "unused", "--tasks", "t"]))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["fail", "succeed"])
+def test_eval_tasks_keep_lm_eval_noise_off_a_failure_and_git_quiet(outcome, tmp_path):
+    r = subprocess.run([sys.executable, "-c", FAKE_EVALUATION, outcome], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})  # tmp_path: not a git repository
+    if outcome == "fail":
+        assert (r.returncode, r.stderr) == (2, "jaxlm eval: error: the task failed\n")
+    else:
+        assert r.returncode == 0 and "100%" in r.stderr and "a log line" in r.stderr, r.stderr
+        assert "fatal" not in r.stderr

@@ -141,8 +141,8 @@ def test_quantize_cli_gptq(base_dir):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--bits", "5"], "quant.bits must be 16 (off), 8, 4, 3 or 2"),
-    (["--bits", "4", "--group", "48"], "quant.group_size must be 32, 64, 128, 256"),
+    (["--bits", "5"], "quant.bits is 5, must be one of 16, 8, 4, 3, 2"),
+    (["--bits", "4", "--group", "48"], "quant.group_size is 48, must be one of 32, 64, 128, 256"),
     (["--bits", "4", "--group", "abc"], "--group must be an integer or 'channel'"),
 ])
 def test_quantize_cli_bad_input(base_dir, tmp_path, capsys, argv, message):
@@ -167,9 +167,44 @@ def test_group_not_dividing_an_input_dim_uses_the_largest_that_does(base_dir, tm
 
     assert set(group_sizes(model).values()) <= {64, 128} and 64 in group_sizes(model).values()
     out = tmp_path / "q"
+    capsys.readouterr()
     assert main(["quantize", "--ckpt", str(base_dir), "--bits", "4", "--group", "128", "--out", str(out)]) == 0
+    assert "group 128 (group 64 for " in capsys.readouterr().out  # quantize says so, not only model-info
     assert main(["model-info", "--ckpt", str(out)]) == 0
-    assert "group 128 (group 64 for " in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "group 128 (group 64 for " in text and "embeddings unquantized (float32)" in text
+
+
+@pytest.mark.parametrize("argv", [["--bits", "8"], ["--bits", "4", "--group", "32", "--method", "gptq"]],
+                         ids=["int8", "int4-gptq"])
+def test_a_quantized_bucketed_model_generates_and_evaluates(tmp_path, capsys, argv):
+    """The chain a user runs: a layer-bucketed OpenELM-style model -> quantize -> jaxlm.load, generate,
+    perplexity, and the generate / eval commands. The loaded model keeps its per-layer weights and
+    computes what the quantized model computes."""
+    import jaxlm
+    from jaxlm.inference.scoring import Scorer
+    from jaxlm.model import to_stored
+
+    cfg = from_dict(RunConfig, {"model": {**TINY, "name": "tiny_qb", "num_layers": 3, "num_query_heads": [2, 4, 4],
+                                          "num_kv_heads": [1, 2, 2], "ffn_dim": [64, 128, 128], "qk_norm": True,
+                                          "scan_pad_budget": 0.5}})
+    assert cfg.model.bucketed
+    base = tmp_path / "base"
+    save_model(base, cfg, build_model(cfg.model), extra_files=[TOKENIZER])
+    out = tmp_path / "q"
+    assert main(["quantize", "--ckpt", str(base), "--out", str(out)] + argv) == 0
+    lm = jaxlm.load(out)
+    assert lm.generate("ROMEO:", 4, seed=0)
+    text = "Now is the winter of our discontent made glorious summer."
+    expected = quantize_model(to_stored(build_model(cfg.model)), load_model(out)[0].quant) if argv == ["--bits", "8"] \
+        else load_model(out)[1]
+    ids = lm.tokenizer.encode_input(text)
+    assert lm.perplexity(text) == pytest.approx(Scorer(expected).perplexity(ids)[0], rel=1e-5)
+    capsys.readouterr()
+    assert main(["generate", "--ckpt", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "3"]) == 0
+    (tmp_path / "text.txt").write_text(text * 4)
+    assert main(["eval", "--ckpt", str(out), "--data", str(tmp_path / "text.txt"), "--seq-len", "32"]) == 0
+    assert "perplexity" in capsys.readouterr().out
 
 
 def test_model_for_leaves_the_callers_base_model_unquantized():

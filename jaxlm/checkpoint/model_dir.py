@@ -11,6 +11,7 @@ absent or complete, and never one of the inputs it was made from.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,9 +25,9 @@ from jaxlm.checkpoint.locate import locate
 from jaxlm.checkpoint.params_io import (ParamWriter, flatten, layer_leaves, nest, per_layer, quiet_absl,
                                         restack)
 from jaxlm.config import RunConfig, from_dict, to_dict
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import ArgumentTypeError, JaxlmError, short_repr
 from jaxlm.lora.config import LoraConfig
-from jaxlm.model import stored_tree
+from jaxlm.model import ModelConfig, stored_tree
 from jaxlm.outputs import output_path
 from jaxlm.variants import model_for
 
@@ -44,6 +45,10 @@ def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_fi
                overwrite: bool = False, inputs: list[str | Path] = ()) -> Path:
     """Write `model`'s parameters and `run_cfg` to the model directory `path` atomically. `inputs`:
     the paths the model was read from, which `path` must not overlap."""
+    _check_args(path=path, run_cfg=run_cfg)
+    if not isinstance(getattr(model, "cfg", None), ModelConfig):
+        raise ArgumentTypeError(f"model must be a jaxlm model (an nnx.Module with its ModelConfig as .cfg), "
+                                f"got {short_repr(model)}")
     params = flatten(stored_tree(model.cfg, nnx.state(model, nnx.Param).to_pure_dict()))  # unpadded layers
     leaves = ((p, np.asarray(x)) for p, x in layer_leaves(params))  # one layer on the host at a time
     return write_model_dir(path, run_cfg, leaves, extra_files, overwrite, inputs)
@@ -65,6 +70,17 @@ def write_model_dir(path: str | Path, run_cfg: RunConfig, leaves: Iterable[tuple
         for f in extra_files:
             shutil.copy(f, tmp / Path(f).name)
     return path
+
+
+def _check_args(path, run_cfg=None, model_config=None) -> None:
+    """save_model's and load_model's arguments, each named when it is of the wrong type."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"path must be a path (a str or pathlib.Path), got {short_repr(path)}")
+    if run_cfg is not None and not isinstance(run_cfg, RunConfig):
+        raise ArgumentTypeError(f"run_cfg must be a jaxlm.config.RunConfig (e.g. from load_run_config), got "
+                                f"{short_repr(run_cfg)}")
+    if model_config is not None and not isinstance(model_config, ModelConfig):
+        raise ArgumentTypeError(f"model_config must be a jaxlm.model.ModelConfig, got {short_repr(model_config)}")
 
 
 def read_config(path: str | Path) -> RunConfig:
@@ -94,6 +110,7 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
     import orbax.checkpoint as ocp
     from jaxlm.checkpoint.metadata import check_param_shapes, corrupt, saved_param_shapes
 
+    _check_args(path=path, run_cfg=run_cfg, model_config=model_config)
     config_dir, params_dir = locate(path)
     run_cfg = run_cfg or read_config(config_dir)
     # The structure the saved leaves restore into: a quantized dir (jaxlm quantize) holds codes and scales,

@@ -26,6 +26,9 @@ def quantize_model_dir(src: str | Path, out: str | Path, qcfg: QuantConfig, cali
     """Load `src` (model dir or run dir), quantize with `qcfg` (RTN or GPTQ), write the model dir `out`."""
     if not qcfg.enabled:
         raise JaxlmError("nothing to quantize: bits is 16 and embed_bits is 16; choose --bits 8, 4, 3 or 2")
+    if calib_source is not None and not (qcfg.method == "gptq" and qcfg.bits < 16):  # it would be ignored
+        raise JaxlmError(f"calibration text ({calib_source}) is only read by GPTQ; add --method gptq "
+                         f"(method=\"gptq\"), or drop --calib")
     config_dir, _ = locate(src)
     inputs = [src, config_dir]
     out = check_output(out, overwrite=overwrite, inputs=inputs)

@@ -23,15 +23,25 @@ def add_chat_args(p) -> None:
 
 
 def read_template(path: str | None) -> str | None:
+    """The text of a --chat-template file, checked here so that its problems are blamed on the file."""
+    # lazy: keeps `jaxlm --help` fast (jinja2 loads with the template)
+    from jaxlm.tokenizer.chat_template import compile_template
+
     if path is None:
         return None
     p = resolve_path(path)
     if not p.is_file():
-        raise JaxlmError(f"chat template file {path} does not exist; give a Jinja file")
+        what = "is a directory" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
+        raise JaxlmError(f"chat template file {path} {what}; give a Jinja file")
     try:
-        return p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise JaxlmError(f"chat template file {path} is not UTF-8 text") from None
+    if "{{" not in text and "{%" not in text:
+        raise JaxlmError(f"chat template file {path} holds no Jinja ({{{{ ... }}}} or {{% ... %}}); give a chat "
+                         f"template")
+    compile_template(text, origin=f"chat template file {path}")
+    return text
 
 
 def run_chat(lm, args, sampling: dict) -> int:

@@ -7,7 +7,8 @@ Needs libtpu (`pip install 'jaxlm[tpu]'`); the host's own devices are not used.
 
 from __future__ import annotations
 
-from jaxlm.cli.common import add_config_args
+from jaxlm.cli.common import add_config_args, positive_int
+from jaxlm.errors import ConfigError
 from jaxlm.config import load_run_config
 
 
@@ -19,11 +20,11 @@ def register(sub) -> None:
     for axis in ("data", "fsdp", "tensor"):
         p.add_argument(f"--mesh.{axis}", dest=f"mesh_{axis}", type=int, default=None,
                        help=f"mesh {axis} size (default: the config's; -1 fills the slice)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch (train.batch_size)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length (train.seq_len)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch (train.batch_size)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="sequence length (train.seq_len)")
     p.add_argument("--decode", action="store_true", help="compile prefill + the decode loop instead")
-    p.add_argument("--prompt-len", type=int, default=1024, help="--decode: prompt tokens per row")
-    p.add_argument("--new-tokens", type=int, default=256, help="--decode: tokens to generate")
+    p.add_argument("--prompt-len", type=positive_int, default=1024, help="--decode: prompt tokens per row")
+    p.add_argument("--new-tokens", type=positive_int, default=256, help="--decode: tokens to generate")
     p.set_defaults(func=run)
 
 
@@ -40,6 +41,10 @@ def run(args) -> int:
     if args.seq_len is not None:
         overrides.append(f"train.seq_len={args.seq_len}")
     run_cfg = load_run_config(args.config, overrides)
+    context = run_cfg.model.max_context
+    if args.decode and args.prompt_len + args.new_tokens > context:
+        raise ConfigError(f"--prompt-len {args.prompt_len} + --new-tokens {args.new_tokens} is over the model's "
+                          f"context of {context}; lower either so that they fit")
     devices = topology_devices(args.topology)
     mc = run_cfg.mesh
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)

@@ -1,9 +1,11 @@
-"""`jaxlm convert to-hf` / `jaxlm convert from-hf`: checkpoints to and from Hugging Face folders."""
+"""`jaxlm convert to-hf` / `from-hf` / `to-gguf` / `from-gguf`: checkpoints to and from Hugging Face
+folders and llama.cpp's GGUF files."""
 
 from __future__ import annotations
 
 FORMATS = ("llama", "mistral", "phi3", "openelm")
 DTYPES = ("float32", "bfloat16", "float16")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 
 
 def register(sub) -> None:
@@ -27,6 +29,26 @@ def register(sub) -> None:
                     help="also read pickle *.bin weights (with torch.load(weights_only=True))")
     fr.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     fr.set_defaults(func=run_from_hf)
+    register_gguf(conv)
+
+
+def register_gguf(conv) -> None:
+    to = conv.add_parser("to-gguf", help="jaxlm model or run directory -> GGUF file (llama.cpp, Ollama)")
+    to.add_argument("--ckpt", required=True, help="model dir, run dir (latest step) or RUN_DIR/checkpoints/<step>")
+    to.add_argument("--out", required=True, help="output .gguf file")
+    to.add_argument("--type", dest="gguf_type", choices=GGUF_TYPES, default=None,
+                    help="GGML type of the 2-D weights (default: the saved float dtype; a quantized model: the type "
+                         "its codes go into)")
+    to.add_argument("--no-tokenizer", action="store_true", help="export the weights without a tokenizer")
+    to.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    to.set_defaults(func=run_to_gguf)
+    fr = conv.add_parser("from-gguf", help="GGUF file (llama, phi3, openelm) -> jaxlm model directory")
+    fr.add_argument("--gguf", required=True, help="input .gguf file")
+    fr.add_argument("--out", required=True, help="output jaxlm model directory")
+    fr.add_argument("--keep-quantized", action="store_true",
+                    help="q8_0 / q4_0 / q4_1 layer weights become jaxlm int8 / int4 weights instead of float")
+    fr.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    fr.set_defaults(func=run_from_gguf)
 
 
 def run_to_hf(args) -> int:
@@ -44,5 +66,24 @@ def run_from_hf(args) -> int:
     from jaxlm.convert import from_hf
 
     out = from_hf(args.hf, args.out, dtype=args.dtype, allow_pickle=args.allow_pickle, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def run_to_gguf(args) -> int:
+    # lazy: keeps `jaxlm --help` fast (conversion loads JAX and the checkpoint code)
+    from jaxlm.convert.gguf_export import to_gguf
+
+    out = to_gguf(args.ckpt, args.out, type_name=args.gguf_type, tokenizer=not args.no_tokenizer,
+                  overwrite=args.overwrite)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
+def run_from_gguf(args) -> int:
+    # lazy: as above
+    from jaxlm.convert.gguf_import import from_gguf
+
+    out = from_gguf(args.gguf, args.out, keep_quantized=args.keep_quantized, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0

@@ -53,6 +53,7 @@ def run_prepare(args) -> int:
 
 def run_stats(args) -> int:
     # lazy: keeps `jaxlm --help` fast (as above)
+    from jaxlm.data.sources import BAD_RECORDS
     from jaxlm.data.stats import pass_stats
     from jaxlm.tokenizer import check_vocab, load_tokenizer
 
@@ -63,8 +64,8 @@ def run_stats(args) -> int:
     seq_len = args.seq_len or cfg.model.max_context
     srcs = data.sources if args.split == "train" else data.validation
     st = pass_stats(data, tok, srcs, seq_len=seq_len, batch_size=args.batch_size, max_batches=args.max_batches)
-    drops = {k: v for k, v in sorted(st.items()) if k.startswith("dropped_") or k in (
-        "empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field", "truncated_tokens")}
+    drops = {k: v for k, v in sorted(st.items()) if k.startswith("dropped_") or k in BAD_RECORDS
+             or k == "truncated_tokens"}
     if not st.get("documents", 0):
         why = ", ".join(f"{k} {v:,}" for k, v in drops.items()) or "the files hold no text"
         raise JaxlmError(f"no documents kept from {', '.join(str(s.path) for s in srcs)} (dropped / skipped: {why}); "

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import traceback
 
 from jaxlm.cli.common import positive_int
 from jaxlm import outputs
 from jaxlm.assets import resolve_path
+from jaxlm.errors import JaxlmError
 
 
 def register(sub) -> None:
@@ -39,7 +41,7 @@ def run(args) -> int:
 
     text = read_text(resolve_path(args.data))  # a bad path fails before the model loads
     lm = load(args.ckpt)
-    ids = lm.tokenizer.encode(text, add_bos=lm.tokenizer.bos_id >= 0)
+    ids = lm.tokenizer.encode_input(text)  # BOS as the tokenizer adds it (transformers' rule)
     ppl, n = lm.scorer.perplexity(ids, args.seq_len, args.batch_size)
     print(f"{args.data}: perplexity {ppl:.4f} over {n:,} tokens "
           f"(loss {math.log(ppl):.4f} nats/token, seq_len {args.seq_len or lm.cfg.max_context - 1})")
@@ -49,11 +51,22 @@ def run(args) -> int:
 def run_tasks(args) -> int:
     # lazy: optional dependency (the eval extra); lm-eval takes seconds to import
     import jaxlm.eval  # noqa: F401  (lm-eval installed? a one-line error if not)
+    from jaxlm.eval.quiet import held_stderr, quiet_git
     from jaxlm.eval.tasks import evaluate
 
-    out = outputs.check_output(args.output, overwrite=True, folder=False) if args.output else None
-    results = evaluate(args.ckpt, args.tasks, batch_size=args.batch_size, include_path=args.include_path,
-                       num_fewshot=args.num_fewshot, limit=args.limit, log_samples=args.log_samples)
+    # An output that cannot be written (a read-only folder too), or one that would replace an input (the
+    # model's files, a task file), fails now, not after the evaluation.
+    out = outputs.check_output(args.output, overwrite=True, folder=False, inputs=_inputs(args)) if args.output \
+        else None
+    with held_stderr(), quiet_git():  # lm-eval's progress bars: shown after success, not before a failure's line
+        try:
+            results = evaluate(args.ckpt, args.tasks, batch_size=args.batch_size, include_path=args.include_path,
+                               num_fewshot=args.num_fewshot, limit=args.limit, log_samples=args.log_samples)
+        except Exception as e:  # noqa: BLE001  (classified, else raised as it was)
+            failure = _task_failure(e)
+            if failure is None:
+                raise
+            raise failure from None
     from lm_eval.utils import make_table  # lazy: optional dependency (the eval extra)
 
     print(make_table(results))
@@ -62,3 +75,26 @@ def run_tasks(args) -> int:
         outputs.write_file(out, json.dumps(keep, indent=2, default=str))
         print(f"wrote {out}")
     return 0
+
+
+def _inputs(args) -> list:
+    """What --tasks reads: the model (and the folder of its config), task files and --include-path."""
+    # lazy: keeps `jaxlm --help` fast (the checkpoint code loads JAX)
+    from jaxlm.checkpoint.locate import locate
+
+    paths = [args.ckpt, locate(args.ckpt)[0], *args.tasks, *([args.include_path] if args.include_path else [])]
+    return [resolve_path(p) for p in paths]
+
+
+def _task_failure(e: Exception) -> JaxlmError | None:
+    """A failure inside lm-eval's own code (most often a task config it cannot apply, e.g. a doc_to_target
+    out of range) as a one-line user error; None for our errors and those the CLI already words."""
+    if isinstance(e, (JaxlmError, OSError)):
+        return None
+    ours = [f for f in traceback.extract_tb(e.__traceback__) if "/lm_eval/" in f.filename or "/jaxlm/" in f.filename]
+    if not ours or "/lm_eval/" not in ours[-1].filename:
+        return None
+    where = f"{ours[-1].filename.rsplit('/lm_eval/', 1)[1]}:{ours[-1].lineno}"
+    detail = (str(e).strip().splitlines() or [""])[0][:160]
+    return JaxlmError(f"lm-eval failed on the tasks ({type(e).__name__}: {detail}, in lm_eval/{where}); check the "
+                      f"task config (doc_to_text, doc_to_target, doc_to_choice, metrics)")

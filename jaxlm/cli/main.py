@@ -81,6 +81,9 @@ def cli() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if code:
+        workers = sys.modules.get("jaxlm.data.workers")  # loaded only if a data pipeline ran
+        if workers is not None:  # os._exit skips atexit: stop tokenizer workers now (no "leaked semaphore")
+            workers.shutdown()
         if not debug():  # the one line is out; a dying library thread may still write
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
         os._exit(code)

@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--ckpt", default=None, help="a model or run dir instead of CONFIG (a quantized one reports "
                                                 "its real bytes per parameter)")
     p.add_argument("--seq-len", type=positive_int, default=None, help="sequence length for FLOPs (default: max_context)")
+    p.add_argument("--gguf", default=None, choices=("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"),
+                   help="also the size of this model's `jaxlm convert to-gguf --type TYPE` file, from shapes")
     p.set_defaults(func=run)
 
 
@@ -62,7 +64,19 @@ def run(args) -> int:
         from jaxlm.quant.model import describe_storage
 
         print(describe_storage(run_cfg, params_disk_bytes(args.ckpt) if args.ckpt else None))
+    if args.gguf:
+        print(describe_gguf(cfg, args.gguf))
     return 0
+
+
+def describe_gguf(cfg, type_name: str) -> str:
+    # lazy: as above (the GGUF writer's tables load with the converter)
+    from jaxlm.convert.gguf_export import size_from_shapes
+
+    r = size_from_shapes(cfg, type_name)
+    return (f"GGUF {type_name}: {r['total_bytes']:,} bytes ({r['total_bytes'] / 1e9:.2f} GB, "
+            f"{r['total_bytes'] / 2**30:.2f} GiB) = {r['bits_per_weight']:.2f} bits per weight, plus the tokenizer's "
+            f"keys (about 0.5 MB for a 32k vocabulary)")
 
 
 def describe_buckets(cfg, seq_len: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -16,6 +17,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+PLOTTED = ("loss", "val_loss", "tokens_per_s", "mfu")  # the record fields drawn: numbers or null
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """Records of metrics.jsonl; on a resumed run the latest record of each step wins."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -28,9 +36,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 raise JaxlmError(f"{path} line {n} is not JSON; fix or remove that line") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            if not isinstance(rec, dict) or not isinstance(rec.get("step"), int) or isinstance(rec["step"], bool):
                 raise JaxlmError(f"{path} line {n} is not a metrics record (a JSON object with an integer \"step\"); "
                                  f"fix or remove that line")
+            bad = next((k for k in PLOTTED if rec.get(k) is not None and not _is_number(rec[k])), None)
+            if bad is not None:
+                raise JaxlmError(f"{path} line {n}: {bad!r} is {rec[bad]!r}, not a number; fix or remove that line")
             by_step[rec["step"]] = rec
     if not by_step:
         raise JaxlmError(f"{path} holds no records yet; train for at least train.log_every steps")
@@ -50,7 +61,7 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     # Plots are redrawn on every call (overwrite), but never over the metrics they come from.
     out = check_output(out or Path(run_dir) / "plots", overwrite=True, inputs=[Path(run_dir) / "metrics.jsonl"])
     steps = [r["step"] for r in records]
-    written = []
+    pngs = {}
     panels = [("loss.png", [("loss", "training loss")], "loss (nats/token)"),
               ("throughput.png", [("tokens_per_s", "tokens/s")], "tokens/s")]
     for name, series, ylabel in panels:
@@ -69,13 +80,16 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
             ax2.plot(steps, [100 * (r.get("mfu") or float("nan")) for r in records], color="tab:orange")
             ax2.set_ylabel("MFU (%)")
         fig.tight_layout()
+        png = io.BytesIO()
         try:
-            with output_path(out / name, overwrite=True, folder=False) as tmp:
-                fig.savefig(tmp, dpi=100, format="png")
+            fig.savefig(png, dpi=100, format="png")
         finally:
             plt.close(fig)
-        written.append(out / name)
-    return written
+        pngs[name] = png.getvalue()
+    for name, data in pngs.items():  # every panel drawn first: a failure leaves no partial output
+        with output_path(out / name, overwrite=True, folder=False) as tmp:
+            tmp.write_bytes(data)
+    return [out / name for name in pngs]
 
 
 def run(args) -> int:

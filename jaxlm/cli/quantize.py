@@ -41,10 +41,11 @@ def run(args) -> int:
     out = quantize_model_dir(args.ckpt, args.out, qcfg, calib_source=args.calib, overwrite=args.overwrite)
     # lazy: as above
     from jaxlm.checkpoint import load_model
-    from jaxlm.quant.model import storage_report
+    from jaxlm.quant.model import describe_scheme, storage_report
 
     _, model = load_model(out)
     rep = storage_report(model)
     print(f"wrote {out}: {rep['bits_per_quantized_weight']:.3f} bits per quantized weight, "
           f"{rep['total_bytes'] / 2**20:.2f} MiB total, {rep['bytes_per_param']:.3f} bytes per parameter")
+    print(describe_scheme(model, qcfg))  # says where a group size did not divide a weight's input dim
     return 0

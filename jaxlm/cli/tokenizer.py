@@ -28,6 +28,7 @@ def run_train(args) -> int:
     from jaxlm.tokenizer.train import text_files, train_sentencepiece
 
     files = text_files(args.inputs)
+    check_output(args.output, overwrite=True)  # the folder: not empty (""), not a file, writable
     check_output(Path(args.output) / FILE_NAME, overwrite=args.overwrite, inputs=files, folder=False)  # before training
     tok = train_sentencepiece(files, args.output, args.vocab_size, character_coverage=args.character_coverage)
     print(f"trained on {len(files)} files: {tok.vocab_size} pieces (bos {tok.bos_id}, eos {tok.eos_id}, "

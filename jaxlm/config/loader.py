@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ArgumentTypeError, ConfigError, short_repr
 
 # Shipped inside the package (so a wheel has them); the repository's top-level configs/ links here.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -26,12 +27,17 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """`configs/x.yaml`, `x.yaml` or a bare name `x` (looked up in the shipped configs/)."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"config must be a shipped config name or a path to a YAML file, got "
+                                f"{short_repr(name_or_path)}")
     path = Path(name_or_path)
     candidates = [path, path.with_suffix(".yaml")] if path.suffix == "" else [path]
     candidates += [CONFIG_DIR / p.name for p in candidates]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if path.exists() and not path.is_dir():  # reading a FIFO would block, a device never end
+        raise ConfigError(f"config {name_or_path} is not a regular file (a FIFO, socket or device); give a YAML file")
     if path.is_dir():
         raise ConfigError(f"config {name_or_path} is a directory; give a YAML file (e.g. {path / 'run.yaml'}) or a "
                           f"shipped config name")
@@ -73,6 +79,9 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
     parent = data.pop("inherit", None)
+    if parent is not None and not isinstance(parent, str):
+        raise ConfigError(f"`inherit:` in {path} must be a config name or a path to a YAML file, "
+                          f"got {short_repr(parent)}")
     if parent is not None:
         parent_path = (path.parent / parent) if not Path(parent).is_absolute() else Path(parent)
         if not parent_path.exists():
@@ -94,11 +103,16 @@ def merge(base: dict, override: dict) -> dict:
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """`["model.num_layers=4", "train.lr=1e-3"]` -> nested dict; values parsed as YAML scalars."""
+    if overrides is not None and (isinstance(overrides, str) or not isinstance(overrides, (list, tuple))):
+        raise ArgumentTypeError(f"overrides must be a list of 'KEY=VALUE' strings, got {short_repr(overrides)}")
     out: dict[str, Any] = {}
     for item in overrides or []:
+        if not isinstance(item, str):
+            raise ArgumentTypeError(f"override {short_repr(item)} must be a 'KEY=VALUE' string, e.g. "
+                                    f"\"model.num_layers=4\"")
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. --set model.num_layers=4")
+            raise ConfigError(f"override {short_repr(item)} is not KEY=VALUE; write e.g. --set model.num_layers=4")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""  # `key=` is the empty string; `key=null` is None
         except yaml.YAMLError:
@@ -108,17 +122,18 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} sets a field inside {part!r}, which is not a section")
+                raise ConfigError(f"override {short_repr(item)} sets a field inside {part!r}, which is not a section")
         node[parts[-1]] = value
     return out
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass `cls` from `data`, checking keys and types; nested dataclasses recurse."""
+    """Build dataclass `cls` from `data`, checking keys and types; nested dataclasses recurse. Ranges are
+    checked by the constructor (each section's __post_init__: jaxlm.errors.check_fields)."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {data!r}")
+        raise ConfigError(f"{where or cls.__name__} must be a mapping, got {short_repr(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -152,16 +167,16 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return _convert(arg, value, path)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[-1] if errors else f"{path}: invalid value {value!r}")
+        raise ConfigError(errors[-1] if errors else f"{path}: invalid value {short_repr(value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{path} must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise ConfigError(f"{path} must be one of {', '.join(map(repr, args))}, got {short_repr(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
+            raise ConfigError(f"{path} must be a list, got {short_repr(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
@@ -169,17 +184,17 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+            raise ConfigError(f"{path} must be a mapping, got {short_repr(value)}")
         return {k: _convert(args[1], v, f"{path}.{k}") for k, v in value.items()} if args else dict(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
+            raise ConfigError(f"{path} must be true or false, got {short_repr(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
+            raise ConfigError(f"{path} must be an integer, got {short_repr(value)}")
         return value
     if tp is float:
         number = None
@@ -191,15 +206,26 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             except ValueError:
                 pass
         if number is None:
-            raise ConfigError(f"{path} must be a number, got {value!r}")
+            raise ConfigError(f"{path} must be a number, got {short_repr(value)}")
         if not math.isfinite(number):  # a nan learning rate would only fail mid-run
-            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+            raise ConfigError(f"{path} must be a finite number, got {short_repr(value)}")
         return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
+            raise ConfigError(f"{path} must be a string, got {short_repr(value)}; YAML read the text as "
+                              f"{type(value).__name__}: quote it, e.g. --set '{path}=\"{_as_text(value)}\"'")
         return value
     return value
+
+
+def _as_text(value: Any) -> str:
+    """The text YAML most likely read as `value` ("ROMEO: hi" for {"ROMEO": "hi"}), for a quoting hint."""
+    if isinstance(value, dict) and len(value) == 1:
+        (key, inner), = value.items()
+        return f"{key}: {_as_text(inner)}" if inner is not None else f"{key}:"
+    if isinstance(value, (dict, list)):
+        return "..."
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def to_dict(cfg: Any) -> Any:

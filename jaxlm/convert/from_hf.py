@@ -14,8 +14,8 @@ from jaxlm.convert import hf_io
 from jaxlm.convert.family import Family, family_for_hf
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.convert.to_hf import DTYPES
-from jaxlm.errors import JaxlmError
-from jaxlm.tokenizer import load_tokenizer
+from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.tokenizer import check_vocab, load_tokenizer
 from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_hf_config
 
 
@@ -52,8 +52,9 @@ def from_hf(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None, al
     plan = make_plan(family, cfg)
     _check_tensors(reader, plan, family, cfg.tie_embeddings)
     with tempfile.TemporaryDirectory() as tok_dir:
-        write_model_dir(out, run_cfg, _leaves(reader, plan, DTYPES[dtype]), _tokenizer_files(hf_dir, Path(tok_dir)),
-                        overwrite=True, inputs=[hf_dir])
+        tok_files = _tokenizer_files(hf_dir, Path(tok_dir), cfg.vocab_size)  # one that does not fit fails here
+        write_model_dir(out, run_cfg, _leaves(reader, plan, DTYPES[dtype]), tok_files, overwrite=True,
+                        inputs=[hf_dir])
     return out
 
 
@@ -71,6 +72,10 @@ def _check_tensors(reader: hf_io.HFReader, plan, family: Family, tied: bool) -> 
     want = {n: s for it in plan for n, s in zip(it.hf_names, it.hf_shapes)}
     have = [k for k in reader.keys() if not k.endswith(family.ignored_suffixes)]
     extra = sorted(set(have) - set(want))
+    missing = sorted(set(want) - set(have), key=_natural)
+    if missing:  # first: the tied-head comparison below reads the embedding
+        raise JaxlmError(f"{len(missing)} tensor(s) the config implies are missing from the checkpoint: "
+                         f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
     if tied and extra == ["lm_head.weight"]:  # some tied checkpoints still store the head
         embed = family.top[0].hf[0]
         if np.array_equal(reader.get("lm_head.weight"), reader.get(embed)):
@@ -78,10 +83,6 @@ def _check_tensors(reader: hf_io.HFReader, plan, family: Family, tied: bool) -> 
         else:
             raise JaxlmError("config.json ties the embeddings but lm_head.weight differs from "
                              f"{embed}; set tie_word_embeddings false in config.json")
-    missing = sorted(set(want) - set(have), key=_natural)
-    if missing:
-        raise JaxlmError(f"{len(missing)} tensor(s) the config implies are missing from the checkpoint: "
-                         f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
     if extra:
         raise JaxlmError(f"{len(extra)} unexpected tensor(s) in the checkpoint (not in the {family.model_type} "
                          f"layout for this config): {', '.join(sorted(extra, key=_natural)[:6])}"
@@ -97,12 +98,13 @@ def _natural(name: str):
     return [int(p) if p.isdigit() else p for p in name.split(".")]
 
 
-def _tokenizer_files(hf_dir: Path, tmp: Path) -> list[Path]:
+def _tokenizer_files(hf_dir: Path, tmp: Path, vocab_size: int) -> list[Path]:
     """The folder's tokenizer, re-saved by jaxlm's tokenizer so the model dir reads back with
     `load_tokenizer`: tokenizer.json (with tokenizer_config.json and special_tokens_map.json, as
     AutoTokenizer reads them first), else tokenizer.model (sentencepiece) or original/tokenizer.model
     (Llama 3 tiktoken). The folder's tokenizer_config.json (chat template) and generation_config.json
-    (eos ids: a chat model's end-of-turn tokens) come along."""
+    (eos ids: a chat model's end-of-turn tokens) come along. A tokenizer whose ids do not fit the
+    embedding's `vocab_size` rows is refused (generate would index past the table)."""
     files = []
     if (hf_dir / GENERATION_FILE).is_file():
         files.append(hf_dir / GENERATION_FILE)
@@ -114,6 +116,12 @@ def _tokenizer_files(hf_dir: Path, tmp: Path) -> list[Path]:
                 if candidate.name == "tokenizer.json":
                     raise  # AutoTokenizer would read it: a damaged one is named, not skipped
                 continue
+            try:
+                check_vocab(vocab_size, tok)
+            except ConfigError:
+                raise JaxlmError(f"{candidate} has {tok.vocab_size} ids but the embedding has {vocab_size} rows "
+                                 f"(vocab_size in {hf_dir / 'config.json'}); convert the tokenizer saved with "
+                                 f"these weights") from None
             if tok.kind != "hf":
                 tok.hf_config = read_hf_config(hf_dir)
             return files + tok.save(tmp)

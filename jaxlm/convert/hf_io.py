@@ -48,6 +48,8 @@ def read_config(hf_dir: Path) -> dict:
 @contextlib.contextmanager
 def reading(path: Path, what: str = "safetensors weights file"):
     """A damaged weights file (SafetensorError, torch's errors, a bad index) -> one JaxlmError naming it."""
+    if path.exists() and not path.is_file():  # opening a FIFO would block for ever
+        raise JaxlmError(f"{path} is not a regular file (a FIFO, socket or device); give the {what} itself")
     try:
         yield
     except JaxlmError:
@@ -124,6 +126,8 @@ def _load_pickles(paths: list[Path]) -> dict:
 
     tensors = {}
     for p in paths:
+        with reading(p, "pickle weights file"):  # a FIFO is refused, not opened
+            pass
         try:
             loaded = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # weights_only refuses objects other than tensors (UnpicklingError)
@@ -147,21 +151,31 @@ def _torch_to_numpy(t) -> np.ndarray:
 
 
 def parse_size(text: str | int) -> int:
-    """'5GB', '500MB', '2GiB' or a number of bytes -> bytes."""
-    if isinstance(text, int):
+    """'5GB', '500MB', '2GiB' or a number of bytes -> bytes (at least 1; a JaxlmError otherwise)."""
+    size = _size(text)
+    if size is None or size < 1:
+        raise JaxlmError(f"cannot use size {text!r}: write a positive size, e.g. 5GB or 500MB")
+    return size
+
+
+def _size(text: str | int) -> int | None:
+    if isinstance(text, int) and not isinstance(text, bool):
         return text
+    if not isinstance(text, str):
+        return None
     units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
     s = text.strip().upper()
     for unit, mult in units.items():
         if s.endswith(unit) and s[: -len(unit)].strip():
             try:
-                return int(float(s[: -len(unit)]) * mult)
+                number = float(s[: -len(unit)]) * mult
             except ValueError:
-                break
+                return None
+            return int(number) if math.isfinite(number) else None  # inf / nan
     try:
         return int(s)
     except ValueError:
-        raise JaxlmError(f"cannot read size {text!r}; write e.g. 5GB or 500MB") from None
+        return None
 
 
 class ShardedWriter:

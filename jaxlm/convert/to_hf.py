@@ -35,8 +35,15 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     weights (default: as saved). Peak memory is about one tensor plus its converted copy: model dirs
     store each layer on its own, training checkpoints store stacked layers one layer per chunk.
     """
+    max_shard_bytes = hf_io.parse_size(max_shard_size)  # a bad size fails before any work
     config_dir, params_dir = locate(src)
-    cfg = read_config(config_dir).model
+    run_cfg = read_config(config_dir)
+    quant = run_cfg.quant
+    if quant.enabled:  # the HF layouts hold float weights, and quantizing cannot be undone
+        bits = f"{quant.bits}-bit" if quant.bits < 16 else f"{quant.embed_bits}-bit embeddings"
+        raise JaxlmError(f"{src} is a quantized model ({bits}); Hugging Face exports are float: export the float "
+                         f"model it was quantized from instead")
+    cfg = run_cfg.model
     family = family_for_model(cfg, fmt)
     hf_config = family.config_to_hf(cfg)
     out = outputs.check_output(out, overwrite=overwrite, inputs=[src, config_dir])
@@ -52,7 +59,7 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     with outputs.output_path(out, checked=True) as tmp:
         try:
             entries = [(n, s, out_dtype) for it in plan for n, s in zip(it.hf_names, it.hf_shapes)]
-            writer = hf_io.ShardedWriter(tmp, entries, hf_io.parse_size(max_shard_size))
+            writer = hf_io.ShardedWriter(tmp, entries, max_shard_bytes)
             for path, items in groupby(sorted(plan, key=lambda it: it.jax_path), key=lambda it: it.jax_path):
                 items = list(items)
                 # A model dir holds each layer as its own leaf; a training checkpoint holds a group's layers

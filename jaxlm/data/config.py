@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from jaxlm.errors import ConfigError
+from jaxlm.fields import bounded, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +18,10 @@ class SourceConfig:
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"  # auto: by extension (.jsonl/.parquet/else text)
     text_field: str = "text"  # jsonl / parquet: the column holding the document text
     unit: Literal["file", "paragraph", "line"] = "file"  # plain text: what one document is
-    weight: float = 1.0  # mixture weight when no phases are given
+    weight: float = bounded(1.0, ge=0, note="0: not drawn from")  # mixture weight when no phases are given
+
+    def __post_init__(self):
+        check_fields(self, f"data.sources[{self.label}]")
 
     @property
     def label(self) -> str:
@@ -33,11 +37,15 @@ class FilterConfig:
     """
 
     preset: Literal["none", "openelm"] = "none"
-    min_chars: int | None = None  # characters of the cleaned text
-    min_tokens: int | None = None  # tokens of the document, bos/eos not counted
+    min_chars: int | None = bounded(None, ge=0, note="0: no minimum")  # characters of the cleaned text
+    min_tokens: int | None = bounded(None, ge=0, note="0: no minimum")  # tokens of the document, bos/eos not counted
     dedup: bool | None = None  # drop exact duplicates (by 64-bit hash of the text) within an epoch
-    dedup_capacity: int = 1 << 20  # hashes remembered per source and process (rounded up to a power of two):
-    # at least the last this many distinct documents, at most twice; 32 bytes each (32 MiB by default)
+    # hashes remembered per source and process (rounded up to a power of two): at least the last this many
+    # distinct documents, at most twice; 32 bytes each (32 MiB by default)
+    dedup_capacity: int = bounded(1 << 20, ge=1, note="or dedup: false")
+
+    def __post_init__(self):
+        check_fields(self, "data.filters")
 
     def resolved(self) -> tuple[int, int, bool]:
         """(min_chars, min_tokens, dedup) with the preset filled in."""
@@ -51,8 +59,11 @@ class FilterConfig:
 class PhaseConfig:
     """From training step `start_step` on, rows are drawn from the named sources in these proportions."""
 
-    start_step: int = 0
-    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    start_step: int = bounded(0, ge=0)
+    weights: dict[str, float] = bounded(default_factory=dict, ge=0)
+
+    def __post_init__(self):
+        check_fields(self, "data.phases")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +78,21 @@ class DataConfig:
     add_eos: bool = True
     filters: FilterConfig = FilterConfig()
     shuffle: bool = True  # file order per epoch, and rows within windows of `shuffle_window`
-    shuffle_window: int = 512  # rows per source shuffled together (1: keep stream order)
+    shuffle_window: int = bounded(512, ge=1, note="1: keep stream order")  # rows per source shuffled together
     on_bad_record: Literal["skip", "error"] = "skip"  # unreadable/empty file, bad JSONL line, non-UTF-8 text
-    prefetch: int = 4  # batches prepared ahead by a background thread (0: none)
-    workers: int = 1  # processes that filter and tokenize: 1 = in the pipeline's thread, N > 1 = N worker processes
+    prefetch: int = bounded(4, ge=0, note="0: none")  # batches prepared ahead by a background thread
+    # processes that filter and tokenize: 1 = in the pipeline's thread, N > 1 = N worker processes
+    workers: int = bounded(1, ge=1, note="1: tokenize in the pipeline's thread, N > 1: N worker processes")
     prepared: str | None = None  # a folder from `jaxlm data prepare`: training reads its packed rows instead of
     # tokenizing data.sources on the fly (same source names; the mixture weights and phases still apply)
 
     def __post_init__(self):
+        check_fields(self, "data")
         if not self.sources:
             raise ConfigError("data.sources is empty; name at least one corpus (e.g. path: bundled:corpus/train)")
         labels = [s.label for s in self.sources]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"data.sources has repeated names {labels}; give each source a distinct `name`")
-        for s in self.sources:
-            if s.weight < 0:
-                raise ConfigError(f"data source {s.label!r} has negative weight {s.weight}")
         starts = [p.start_step for p in self.phases]
         if starts and (starts[0] != 0 or starts != sorted(set(starts))):
             raise ConfigError(f"data.phases start_step values {starts} must begin at 0 and increase")
@@ -91,19 +101,11 @@ class DataConfig:
             if unknown:
                 raise ConfigError(f"data.phases (start_step {p.start_step}) names unknown sources "
                                   f"{sorted(unknown)}; known: {labels}")
-            if any(w < 0 for w in p.weights.values()) or sum(p.weights.values()) <= 0:
-                raise ConfigError(f"data.phases (start_step {p.start_step}) weights must be >= 0 with a "
-                                  f"positive sum, got {p.weights}")
+            if sum(p.weights.values()) <= 0:
+                raise ConfigError(f"data.phases (start_step {p.start_step}) weights must have a positive sum, "
+                                  f"got {p.weights}")
         if not self.phases and sum(s.weight for s in self.sources) <= 0:
             raise ConfigError("data.sources weights sum to 0; give at least one source a positive weight")
-        if self.shuffle_window < 1 or self.prefetch < 0:
-            raise ConfigError("data.shuffle_window must be >= 1 and data.prefetch >= 0")
-        if self.workers < 1:
-            raise ConfigError(f"data.workers is {self.workers}; set it to 1 (tokenize in the pipeline's thread) "
-                              f"or more (worker processes)")
-        if self.filters.dedup_capacity < 1:
-            raise ConfigError(f"data.filters.dedup_capacity is {self.filters.dedup_capacity}; set it to the number "
-                              f"of document hashes to remember (>= 1), or dedup: false")
 
     def phase_weights(self) -> list[tuple[int, list[float]]]:
         """[(start_step, weight per source in `sources` order, normalised)], sorted by start_step."""

@@ -27,7 +27,7 @@ from jaxlm.data import mixture, packing
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.prepared import PreparedBatches
 from jaxlm.data.stream import SourceStream, make_streams
-from jaxlm.errors import ConfigError, JaxlmError
+from jaxlm.errors import ConfigError, JaxlmError, host_ram_bytes
 from jaxlm.tokenizer import Tokenizer
 
 STATE_VERSION = 2  # 2: reader positions index this process's pieces (jaxlm.data.shards); 1 = the same on 1 process
@@ -39,6 +39,21 @@ def _close_live() -> None:
     # Stop prefetch threads while the interpreter is still whole (Grain's __del__ fails at shutdown).
     for it in list(_LIVE):
         it.close()
+
+
+def check_host_memory(cfg: DataConfig, sources: int, seq_len: int, batch_size: int, shuffled: bool) -> None:
+    """Refuse, before anything is read, a pipeline whose rows in memory cannot fit the host: each source's
+    shuffle window (data.shuffle_window rows) and the batches being built and prefetched (data.prefetch).
+    Nothing would fail early otherwise: the windows of a repeating source fill by reading epoch after epoch."""
+    row_bytes = seq_len * sum(a.itemsize for a in packing.empty_row(1, 0).values())
+    windows = cfg.shuffle_window * sources if shuffled else 0
+    need = (windows + batch_size * (cfg.prefetch + 2)) * row_bytes
+    ram = host_ram_bytes()
+    if need > ram // 2:
+        raise ConfigError(f"the data pipeline would hold {need / 2 ** 30:,.1f} GiB of rows (data.shuffle_window "
+                          f"{cfg.shuffle_window} rows x {sources} source(s), batches of {batch_size} x {seq_len} "
+                          f"with data.prefetch {cfg.prefetch}), more than half of this host's {ram / 2 ** 30:.1f} "
+                          f"GiB of RAM; lower data.shuffle_window, the batch size or data.prefetch")
 
 
 class _Batches(grain.DatasetIterator):
@@ -151,6 +166,7 @@ def make_batch_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: 
     if data_cfg.prepared:
         return PreparedBatches(data_cfg, tokenizer, seq_len=seq_len, batch_size=batch_size, seed=seed,
                                process_index=process_index, process_count=process_count)
+    check_host_memory(data_cfg, len(data_cfg.sources), seq_len, batch_size, shuffled=data_cfg.shuffle)
     streams = make_streams(data_cfg, data_cfg.sources, tokenizer, seq_len=seq_len, seed=seed, train=True,
                        process_index=process_index, process_count=process_count)
     return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, data_cfg.phase_weights(),
@@ -168,6 +184,7 @@ def make_eval_iterator(data_cfg: DataConfig, tokenizer: Tokenizer, *, seq_len: i
     srcs = sources_ if sources_ is not None else data_cfg.validation
     if not srcs:
         raise ConfigError("data.validation is empty; add a held-out source (e.g. path: bundled:corpus/valid)")
+    check_host_memory(data_cfg, len(srcs), seq_len, batch_size, shuffled=False)
     streams = make_streams(data_cfg, srcs, tokenizer, seq_len=seq_len, seed=0, train=False,
                        process_index=process_index, process_count=process_count)
     return BatchIterator(_Batches(streams, batch_size, seq_len, tokenizer.pad_id, None, num_batches,

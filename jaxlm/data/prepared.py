@@ -29,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.assets import resolve_path
 from jaxlm.data import mixture, packing
 from jaxlm.data.config import DataConfig
+from jaxlm.data.sources import source_root
 from jaxlm.data.stream import make_streams
 from jaxlm.errors import ConfigError, JaxlmError
-from jaxlm.outputs import output_path
+from jaxlm.outputs import check_output, output_path
 from jaxlm.tokenizer import Tokenizer
 
 META = "prepared.json"
@@ -50,13 +52,17 @@ def tokenizer_fingerprint(tok: Tokenizer) -> str:
 def prepare(data_cfg: DataConfig, tokenizer: Tokenizer, out: str | Path, *, seq_len: int, overwrite: bool = False,
             progress=None) -> dict:
     """One pass over every source of data_cfg.sources (filters and dedup as configured, in file order):
-    pack its documents into rows and write them to `out`. Returns the metadata written."""
+    pack its documents into rows and write them to `out`. Returns the metadata written.
+    An `out` that is, holds or lies inside a source or the tokenizer is refused: its rows would be read back
+    as text by the next pass over the corpus."""
+    inputs = [source_root(s) for s in data_cfg.sources] + [resolve_path(data_cfg.tokenizer)]
+    out = check_output(out, overwrite=overwrite, inputs=inputs)
     streams = make_streams(data_cfg, data_cfg.sources, tokenizer, seq_len=seq_len, seed=0, train=False,
                            process_index=0, process_count=1)
     meta = {"version": VERSION, "seq_len": seq_len, "tokenizer": {
         "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "fingerprint": tokenizer_fingerprint(tokenizer)},
         "sources": []}
-    with output_path(out, overwrite=overwrite) as tmp:
+    with output_path(out, checked=True) as tmp:
         for i, stream in enumerate(streams):
             (tmp / str(i)).mkdir()
             files = {f: open(tmp / str(i) / f"{f}.bin", "wb") for f in packing.FIELDS}

@@ -7,14 +7,16 @@ without reading what came before. Only the current document (or Parquet record b
 
 Bad input is either skipped and counted (`on_bad_record: skip`) or raised as a JaxlmError that
 names the file and byte offset (`error`). Counters (BAD_RECORDS): empty_file, unreadable_file,
-non_utf8, bad_json, missing_field.
+non_utf8, bad_json, missing_field, and not_regular_file (FIFOs, sockets and devices in a source
+folder, left out when listing it whatever on_bad_record says: they hold no documents).
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import json
 import os
+import stat
 from collections import Counter
 from pathlib import Path
 
@@ -27,29 +29,86 @@ from jaxlm.errors import JaxlmError
 
 _JSONL = {".jsonl", ".json", ".ndjson"}
 _PARQUET = {".parquet", ".pq"}
-BAD_RECORDS = ("empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field")
+BAD_RECORDS = ("empty_file", "unreadable_file", "non_utf8", "bad_json", "missing_field", "not_regular_file")
 
 
-def list_files(src: SourceConfig) -> list[Path]:
-    """Every file of a source, sorted; JaxlmError if the path matches nothing."""
-    text = str(src.path)
-    if any(c in text for c in "*?["):
-        files = [Path(p) for p in glob.glob(str(resolve_path(text)), recursive=True)]
+def list_files(src: SourceConfig, skipped: Counter | None = None) -> list[Path]:
+    """Every regular file of a source, sorted; JaxlmError if the path matches none.
+
+    FIFOs, sockets and devices are never opened (a FIFO blocks the reader forever): they are left out
+    and counted in `skipped["not_regular_file"]`. Symlinks are followed, except into a folder already
+    being read (a loop). Names starting with "." are left out unless the pattern names them."""
+    root = source_root(src)
+    pattern = resolve_path(src.path).parts[len(root.parts):]
+    if pattern or root.is_dir():
+        found = list(_matches(root, pattern or ("**",), set()))
+    elif _kind(root) == "special":
+        raise JaxlmError(f"data source {src.label!r}: {src.path} is not a regular file (a FIFO, socket or device); "
+                         f"fix data.sources[].path")
+    elif root.exists() or root.is_symlink():
+        found = [(root, _kind(root))]
     else:
-        root = resolve_path(text)
-        if root.is_dir():
-            files = []
-            for d, dirs, names in os.walk(root):
-                dirs[:] = [x for x in dirs if not x.startswith(".")]  # skip .git, .cache, ...
-                files += [Path(d) / f for f in names if not f.startswith(".")]
-        elif root.exists() or root.is_symlink():
-            files = [root]
-        else:
-            raise JaxlmError(f"data source {src.label!r}: {src.path} does not exist; fix data.sources[].path")
-    files = sorted(f for f in files if not f.is_dir())
+        raise JaxlmError(f"data source {src.label!r}: {src.path} does not exist; fix data.sources[].path")
+    files = sorted(f for f, kind in found if kind != "special")
+    if skipped is not None and len(files) < len(found):
+        skipped["not_regular_file"] += len(found) - len(files)
     if not files:
-        raise JaxlmError(f"data source {src.label!r}: no files match {src.path}")
+        what = "no files match" if not found else "only FIFOs, sockets or devices match"
+        raise JaxlmError(f"data source {src.label!r}: {what} {src.path}")
     return files
+
+
+def source_root(src: SourceConfig) -> Path:
+    """The file or folder a source reads: its path, or a glob's folder before the first wildcard."""
+    parts = resolve_path(src.path).parts
+    fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    return Path(*parts[:fixed])
+
+
+def _kind(path: Path) -> str:
+    """"dir", "file", "special" (FIFO, socket, device) or "unreadable" (kept: the reader counts it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "unreadable"
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "special"
+
+
+def _matches(folder: Path, pattern: tuple[str, ...], visited: set):
+    """(path, kind) of the non-folders under `folder` matching the path components `pattern`
+    ("**": any number of folders), as glob matches them; each folder is read once per pattern."""
+    key = (os.path.realpath(folder), pattern)
+    if key in visited:  # reached again through a symlink: a loop, or a folder read already
+        return
+    visited.add(key)
+    head, rest = pattern[0], pattern[1:]
+    if head == "**" and rest:
+        yield from _matches(folder, rest, visited)  # "**" matching no folder
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".") and not head.startswith("."):  # .git, .cache, editor files
+            continue
+        if head != "**" and not fnmatch.fnmatchcase(name, head):
+            continue
+        path, kind = folder / name, _kind(folder / name)
+        if kind == "dir":
+            if head == "**":
+                yield from _matches(path, pattern, visited)
+            elif rest:
+                yield from _matches(path, rest, visited)
+        elif not rest:
+            yield path, kind
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(magic)) == magic
+    except OSError:
+        return True  # unreadable: counted as such, not blamed on the format
 
 
 def file_format(src: SourceConfig, path: Path) -> str:
@@ -87,6 +146,7 @@ class DocumentReader:
         self._order = self._file_order(0)
         self._fh = None  # open handle (binary file or parquet batch iterator) for self._order[self.file]
         self._rows: list = []  # parquet: rows of the current record batch not yet returned
+        self._at_file_start = False  # the next record is the file's first: tells a wrong `format` from a bad line
 
     # -- position ---------------------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -138,10 +198,11 @@ class DocumentReader:
                 return self._next_parquet(piece)
             if self._fh is None and not self._open(piece, unit):
                 return None
-            start = self.offset
+            start, first = self.offset, self._at_file_start
             raw = self._read_unit(unit, piece)
             if raw is None:
                 return None
+            self._at_file_start = False
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -152,6 +213,8 @@ class DocumentReader:
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
+                if first and not text.lstrip().startswith("{"):  # not a bad line: not JSONL at all
+                    raise self._wrong_format(path, "a JSONL") from None
                 self._bad("bad_json", f"{path} at byte {start}: line is not JSON ({e.msg})")
                 continue
             value = record.get(self.src.text_field) if isinstance(record, dict) else None
@@ -174,6 +237,7 @@ class DocumentReader:
                 if piece.start > 0 and unit != "file":
                     self.offset = shards.align(self._fh, piece.start, unit)
             self._fh.seek(self.offset)
+            self._at_file_start = self.offset == 0
         except OSError as e:
             if piece.first:
                 self._bad("unreadable_file", f"cannot read {piece.path} ({e.strerror})")
@@ -221,6 +285,8 @@ class DocumentReader:
                 try:
                     pf = pq.ParquetFile(path)
                 except (OSError, pa.ArrowException) as e:
+                    if piece.first and not _starts_with(path, b"PAR1"):  # not a damaged Parquet file: another kind
+                        raise self._wrong_format(path, "a Parquet") from None
                     if piece.first:
                         self._bad("unreadable_file", f"cannot read {path} as Parquet ({str(e)[:120]})")
                     return None
@@ -258,6 +324,12 @@ class DocumentReader:
             if isinstance(value, str):
                 return value
             self._bad("missing_field", f"{path} row {self.offset - 1}: {self.src.text_field!r} is not a string")
+
+    def _wrong_format(self, path: Path, kind: str) -> JaxlmError:
+        how = (f"format: {self.src.format}" if self.src.format != "auto" else
+               f"format: auto, from its {path.suffix} extension")
+        return JaxlmError(f"data source {self.src.label!r}: {path} is not {kind} file ({how}); set "
+                          f"data.sources[].format to the files' format (text, jsonl or parquet)")
 
     def _bad(self, kind: str, message: str) -> None:
         if self.strict:

@@ -66,14 +66,15 @@ class _Chunk:
 class SourceStream:
     def __init__(self, src: SourceConfig, pieces: list[shards.Piece], encoder: workers.Encoder, *,
                  source_index: int, seq_len: int, mode: str, dedup_capacity: int, seed: int, shuffle: bool,
-                 shuffle_window: int, repeat: bool, on_bad_record: str):
-        """dedup_capacity: hashes the duplicate memory keeps (0: no dedup)."""
+                 shuffle_window: int, repeat: bool, on_bad_record: str, skipped: Counter | None = None):
+        """dedup_capacity: hashes the duplicate memory keeps (0: no dedup). skipped: files left out when
+        listing the source (sources.list_files), counted with the reader's bad records."""
         self.src, self.encoder, self.tok, self.seq_len, self.mode = src, encoder, encoder.tok, seq_len, mode
         self.seed, self.source_index, self.shuffle = seed, source_index, shuffle
         self.window_size = shuffle_window if shuffle else 1
         self._reader_args = dict(seed=seed, source_index=source_index, shuffle=shuffle, repeat=repeat,
                                  on_bad_record=on_bad_record, pieces=pieces)
-        self.reader = DocumentReader(src, [], counters=Counter(), **self._reader_args)
+        self.reader = DocumentReader(src, [], counters=Counter(skipped or {}), **self._reader_args)
         self._counts: Counter = Counter()  # documents, tokens, dropped_*, truncated_tokens (bad records: reader)
         self._seen = SeenHashes(dedup_capacity) if dedup_capacity else None
         self._seen_epoch = 0
@@ -291,7 +292,8 @@ def make_streams(cfg: DataConfig, srcs: tuple[SourceConfig, ...], tokenizer: Tok
     encoder = workers.Encoder(tokenizer, workers.Rules(min_chars, min_tokens, cfg.add_bos, cfg.add_eos), cfg.workers)
     out = []
     for i, src in enumerate(srcs):
-        files = sources.list_files(src)
+        skipped = Counter()
+        files = sources.list_files(src, skipped)
         pieces = shards.plan(src, files, lambda f, src=src: sources.file_format(src, f), process_index,
                              process_count, need_records=train)
         if cfg.on_bad_record == "error":
@@ -299,5 +301,6 @@ def make_streams(cfg: DataConfig, srcs: tuple[SourceConfig, ...], tokenizer: Tok
         out.append(SourceStream(
             src, pieces, encoder, source_index=i, seq_len=seq_len, mode=cfg.mode,
             dedup_capacity=cfg.filters.dedup_capacity if dedup else 0, seed=seed, shuffle=cfg.shuffle and train,
-            shuffle_window=cfg.shuffle_window, repeat=train, on_bad_record=cfg.on_bad_record))
+            shuffle_window=cfg.shuffle_window, repeat=train, on_bad_record=cfg.on_bad_record,
+            skipped=skipped if process_index == 0 else None))  # counted once, not once per process
     return out

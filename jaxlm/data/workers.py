@@ -8,7 +8,9 @@ each document's result depends on its text alone, so the batches are the same fo
 
 Worker processes are started with "spawn" (forking a process that runs JAX's threads is unsafe),
 once per (tokenizer, worker count) and shared by every iterator using that tokenizer; each receives
-the tokenizer once, then only texts. They stop with the tokenizer, or at interpreter exit.
+the tokenizer once, then only texts. They stop with the tokenizer, at interpreter exit, or by `shutdown()`
+(the CLI calls it before it ends a failed command with os._exit, which skips atexit); a worker whose
+parent died anyway (kill -9) exits by itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import multiprocessing
+import os
 import pickle
+import threading
+import time
 import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -106,6 +111,9 @@ class _Pending:
 
 class Encoder:
     def __init__(self, tokenizer: Tokenizer, rules: Rules, workers: int = 1):
+        # More processes than cores never tokenize faster, and each costs a Python process's memory (a huge
+        # data.workers would exhaust the host): at most one per usable core. Batches do not depend on the count.
+        workers = min(workers, max(2, usable_cores()))
         self.tok, self.rules, self.workers = tokenizer, rules, workers
         self._key = (id(tokenizer), workers)
         self._pool = _pool(tokenizer, workers) if workers > 1 else None
@@ -123,6 +131,10 @@ class Encoder:
         return _Pending(self._pool.submit(_encode_in_worker, self.rules, texts), self._key)
 
 
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # -- the worker processes --------------------------------------------------------------------------
 _POOLS: dict[tuple[int, int], ProcessPoolExecutor] = {}
 _WORKER_TOKENIZER: Tokenizer | None = None  # set in each worker process by _init_worker
@@ -131,6 +143,14 @@ _WORKER_TOKENIZER: Tokenizer | None = None  # set in each worker process by _ini
 def _init_worker(tok_bytes: bytes) -> None:
     global _WORKER_TOKENIZER
     _WORKER_TOKENIZER = pickle.loads(tok_bytes)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A worker holds both ends of its task queue, so it never sees end-of-file when its parent dies.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _encode_in_worker(rules: Rules, texts: list[str]):

@@ -1,8 +1,9 @@
 """lm-evaluation-harness for jaxlm models (the optional extra: `pip install -e ".[eval]"`).
 
 Importing this package registers the `jaxlm` model with lm-eval (harness.JaxlmLM); `tasks.py`
-runs tasks for `jaxlm eval --tasks`; `python -m jaxlm.eval ...` is lm-eval's own command line with
-`jaxlm` registered. lm-eval is never a core dependency: without it this package raises JaxlmError.
+runs tasks for `jaxlm eval --tasks`, and `quiet.py` keeps lm-eval's progress bars and git's complaints
+off its stderr when it fails; `python -m jaxlm.eval ...` is lm-eval's own command line with `jaxlm`
+registered. lm-eval is never a core dependency: without it this package raises JaxlmError.
 """
 
 try:

@@ -7,9 +7,9 @@
 
 It follows lm-eval's Hugging Face model (`--model hf`) request by request, so a jaxlm model and its
 `jaxlm convert to-hf` export get the same scores:
-- tokens: `tok_encode` adds BOS when the tokenizer does by default (every jaxlm tokenizer, and a
-  tokenizer.json whose post-processor adds one), unless the text starts with it; `add_bos_token`
-  overrides. Context / continuation splitting and the empty-context prefix are lm-eval's own
+- tokens: `tok_encode` adds BOS when the tokenizer's own rule does (`Tokenizer.adds_bos`: a
+  tokenizer.json's post-processor, else tokenizer_config.json's add_bos_token), unless the text starts
+  with it; `add_bos_token` overrides. Context / continuation splitting and the empty-context prefix are lm-eval's own
   (`TemplateLM._encode_pair`, `prefix_token_id` = BOS, else EOS).
 - loglikelihood: the last max_length tokens of context + continuation, the continuation's summed
   log-probabilities and whether every continuation token is the argmax.
@@ -73,7 +73,7 @@ class JaxlmLM(TemplateLM):
             raise JaxlmError(f"batch_size must be >= 1, got {batch_size}")
         self._max_length = int(max_length or lm.cfg.max_context)
         add_bos_token = _bool_arg(add_bos_token)
-        self.add_bos_token = self._adds_bos_by_default() if add_bos_token is None else add_bos_token
+        self.add_bos_token = self.tok.adds_bos if add_bos_token is None else add_bos_token
         self._bos_text = self.tok.decode([self.prefix_token_id]) if self.prefix_token_id >= 0 else ""
         self._specials = set(self.tok.special_tokens.values())
 
@@ -97,14 +97,6 @@ class JaxlmLM(TemplateLM):
     @property
     def tokenizer_name(self) -> str:
         return f"jaxlm-{self.tok.kind}"
-
-    def _adds_bos_by_default(self) -> bool:
-        if self.tok.bos_id < 0:
-            return False
-        if self.tok.kind == "hf":  # as transformers' tokenizer(text) would: the post-processor decides
-            ids = self.tok.backend.encode("a", add_special_tokens=True).ids
-            return bool(ids) and ids[0] == self.tok.bos_id
-        return True  # jaxlm's exports add BOS in their tokenizer.json
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         if add_special_tokens is None:  # the default: BOS as the tokenizer adds it, unless the text has it

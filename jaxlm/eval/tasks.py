@@ -7,6 +7,11 @@ YAML file (`bundled:eval/shakespeare_cloze.yaml` works): the file is read as pla
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -36,6 +41,34 @@ def task_config(path: str) -> dict:
     return config
 
 
+@contextlib.contextmanager
+def portable_include_path(include_path: str | None) -> Iterator[str | None]:
+    """An lm-eval --include_path folder (`bundled:eval` works) as a copy whose plain-YAML task files name
+    their data_files by absolute path (`task_config`), so its tasks run from any folder; lm-eval itself
+    reads data_files relative to the current folder. Files with lm-eval's !function tags are copied as
+    they are. Yields None for None."""
+    if include_path is None:
+        yield None
+        return
+    folder = resolve_path(include_path)
+    if not folder.is_dir():
+        raise JaxlmError(f"include path {include_path} is not a folder; give a folder of lm-eval task YAMLs")
+    with tempfile.TemporaryDirectory(prefix="jaxlm-tasks-") as tmp:
+        for f in folder.iterdir():
+            if f.suffix in (".yaml", ".yml") and _is_plain_yaml(f):
+                (Path(tmp) / f.name).write_text(yaml.safe_dump(task_config(str(f)), sort_keys=False))
+            elif f.is_file():
+                shutil.copy(f, Path(tmp) / f.name)
+        yield tmp
+
+
+def _is_plain_yaml(path: Path) -> bool:
+    try:
+        return isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+
+
 def _beside(yaml_path: Path, files):
     if isinstance(files, list):
         return [_beside(yaml_path, f) for f in files]
@@ -50,15 +83,21 @@ def evaluate(model, tasks: list[str], *, batch_size: int = 8, include_path: str 
     # lazy: lm-eval's evaluator and the model (JAX) take seconds to import; `import jaxlm.eval` stays without them
     from lm_eval import simple_evaluate
 
-    from jaxlm.inference import load
+    from jaxlm.inference import checks, load
 
+    checks.integer("batch_size", batch_size, 1)  # before lm-eval indexes its tasks (seconds)
+    if num_fewshot is not None:
+        checks.integer("num_fewshot", num_fewshot, 0, note="None = the task's own")
+    if limit is not None:
+        checks.integer("limit", limit, 1, sys.maxsize, note="None = every document")
     if not tasks:
         raise JaxlmError("no tasks given; name lm-eval tasks or task YAML files")
     specs = [task_config(t) if t.endswith((".yaml", ".yml")) else t for t in tasks]
-    manager = task_manager(specs, include_path)  # unknown tasks fail before the model loads
-    lm = load(model) if isinstance(model, (str, Path)) else model
-    return simple_evaluate(model=JaxlmLM(lm=lm, batch_size=batch_size), tasks=specs, num_fewshot=num_fewshot,
-                           limit=limit, task_manager=manager, log_samples=log_samples)
+    with portable_include_path(include_path) as include:
+        manager = task_manager(specs, include)  # unknown tasks fail before the model loads
+        lm = load(model) if isinstance(model, (str, Path)) else model
+        return simple_evaluate(model=JaxlmLM(lm=lm, batch_size=batch_size), tasks=specs, num_fewshot=num_fewshot,
+                               limit=limit, task_manager=manager, log_samples=log_samples)
 
 
 def task_manager(specs: list, include_path: str | None = None):

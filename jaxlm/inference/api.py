@@ -7,6 +7,7 @@ saved beside its config.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,31 +15,35 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm.assets import resolve_path
 from jaxlm.checkpoint import load_model
 from jaxlm.checkpoint.locate import load_tokenizer_for, locate
 from jaxlm.errors import JaxlmError
 from jaxlm.inference import chat as chat_lib
-from jaxlm.inference.engine import Engine, GenerationOutput
+from jaxlm.inference import checks
+from jaxlm.inference.engine import CACHE_DTYPES, Engine, GenerationOutput
 from jaxlm.inference.sampling import SamplingParams
 from jaxlm.inference.scoring import Scorer
-from jaxlm.model import to_bucketed
-from jaxlm.tokenizer import check_vocab, load_tokenizer
+from jaxlm.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
+from jaxlm.variants import inference_layout
 
 
 def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "LanguageModel":
     """Model + tokenizer from a model dir, run dir or checkpoint step, ready to generate.
 
     cache_dtype: KV cache storage, auto (the model's compute dtype) | float32 | bfloat16 | int8.
-    tokenizer: a tokenizer object or path, to override the one saved with the model.
+    tokenizer: a tokenizer object or path (bundled:tokenizer works), to override the one saved with the model.
     The model dir's generation_config.json (from `jaxlm convert from-hf`) gives chat stop ids.
     """
+    checks.path("path", path)
+    checks.choice("cache_dtype", cache_dtype, CACHE_DTYPES, "cache dtype")
+    if tokenizer is not None and not isinstance(tokenizer, Tokenizer):  # a bad path fails before the model loads
+        tokenizer = load_tokenizer(tokenizer_path(tokenizer))
     run_cfg, model = load_model(path)
-    model = to_bucketed(model, run_cfg.model)  # the layer buckets of training serve decode too
+    model = inference_layout(model, run_cfg)  # a plain model decodes in its training buckets
     if tokenizer is None:
         tokenizer = load_tokenizer_for(path)
-    elif isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(tokenizer)
     generation_config = read_json(locate(path)[0] / GENERATION_FILE)
     return LanguageModel(model, tokenizer, cache_dtype=cache_dtype, generation_config=generation_config)
 
@@ -47,6 +52,10 @@ class LanguageModel:
     """A model with its tokenizer: generation on strings, streaming, log-probabilities, perplexity."""
 
     def __init__(self, model, tokenizer, cache_dtype: str = "auto", generation_config: dict | None = None):
+        checks.model("model", model)
+        if not isinstance(tokenizer, Tokenizer):
+            raise checks.ArgumentTypeError(f"tokenizer must be a jaxlm Tokenizer (jaxlm.tokenizer.load_tokenizer), "
+                                           f"got {checks.shown(tokenizer)}")
         check_vocab(model.cfg.vocab_size, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
@@ -60,44 +69,59 @@ class LanguageModel:
                 f"cache {self.engine.cache_dtype}, {self.tokenizer!r})")
 
     # ---- generation ---------------------------------------------------------------------------
-    def encode_prompts(self, prompts: Sequence[str], add_bos: bool = True) -> list[list[int]]:
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str):
-                raise JaxlmError(f"prompt {i} is a {type(p).__name__}, not a string; use generate_ids for token ids")
+    def encode_prompts(self, prompts: Sequence[str], add_bos: bool | None = None) -> list[list[int]]:
+        for i, p in enumerate(checks.texts("prompt", prompts)):
             if not p:
-                raise JaxlmError(f"prompt {i} is empty; give some text to continue")
-        return [self.tokenizer.encode(p, add_bos=add_bos and self.tokenizer.bos_id >= 0) for p in prompts]
+                raise checks.ArgumentValueError(f"prompt {i} is empty; give some text to continue")
+        return [self.tokenizer.encode_input(p, add_bos) for p in prompts]
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                      stop_tokens=None, on_token=None, **sampling) -> GenerationOutput:
         """Token ids in, GenerationOutput out. sampling: temperature, top_k, top_p, repetition_penalty, seed."""
-        stop_tokens = self._default_stops() if stop_tokens is None else stop_tokens
-        return self.engine.generate(prompts, max_new_tokens, SamplingParams(**sampling), stop_tokens, on_token)
+        params, stops = self._request(max_new_tokens, sampling, stop_tokens, self._default_stops)
+        return self.engine.generate(prompts, max_new_tokens, params, stops, on_token)
 
-    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64, *, add_bos: bool = True,
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 64, *, add_bos: bool | None = None,
                  stop_tokens=None, **sampling) -> str | list[str]:
         """Continue a prompt (or each of a list of prompts); returns only the new text.
 
         sampling: temperature (0 = greedy), top_k, top_p, repetition_penalty, seed.
         stop_tokens: ids that end generation (default: the tokenizer's eos).
+        add_bos: None follows the tokenizer's own rule (`Tokenizer.adds_bos`, as transformers does).
         """
         single = isinstance(prompt, str)
-        prompts = [prompt] if single else list(prompt)
+        prompts = checks.texts("prompt", prompt)
+        params, stops = self._request(max_new_tokens, sampling, stop_tokens, self._default_stops)
         ids = self.encode_prompts(prompts, add_bos)
-        out = self.generate_ids(ids, max_new_tokens, stop_tokens=stop_tokens, **sampling)
+        out = self.engine.generate(ids, max_new_tokens, params, stops)
         texts = [self.continuation_text(p, t) for p, t in zip(ids, out.tokens)]
         return texts[0] if single else texts
 
-    def stream(self, prompt: str, max_new_tokens: int = 64, *, add_bos: bool = True, stop_tokens=None,
+    def stream(self, prompt: str, max_new_tokens: int = 64, *, add_bos: bool | None = None, stop_tokens=None,
                **sampling) -> Iterator[str]:
         """Yield the new text piece by piece as the compiled decode loop produces tokens.
 
         The loop runs in a worker thread and reports each step through a host callback; closing the
         generator early (break) tells the loop to stop.
         """
-        return self._stream_ids(self.encode_prompts([prompt], add_bos), max_new_tokens, stop_tokens, sampling)
+        checks.text("prompt", prompt)
+        params, stops = self._request(max_new_tokens, sampling, stop_tokens, self._default_stops)
+        return self._stream_ids(self.encode_prompts([prompt], add_bos), max_new_tokens, params, stops)
 
-    def _stream_ids(self, ids: list[list[int]], max_new_tokens: int, stop_tokens, sampling: dict) -> Iterator[str]:
+    def _request(self, max_new_tokens, sampling: dict, stop_tokens, default_stops) -> tuple[SamplingParams, list]:
+        """A generation call's checked knobs and stop ids, before any tokenizing or compiling."""
+        checks.integer("max_new_tokens", max_new_tokens, 1)
+        params = SamplingParams.of(sampling)
+        stops = default_stops() if stop_tokens is None else checks.stop_tokens(stop_tokens, self.cfg.vocab_size)
+        return params, stops
+
+    def _stream_ids(self, ids: list[list[int]], max_new_tokens: int, params: SamplingParams, stops: list
+                    ) -> Iterator[str]:
+        self.engine.check_request(ids, max_new_tokens)  # raised now, in the caller's thread, not at the first next()
+        return self._pieces(ids, max_new_tokens, params, stops)
+
+    def _pieces(self, ids: list[list[int]], max_new_tokens: int, params: SamplingParams, stops: list
+                ) -> Iterator[str]:
         q: queue.Queue = queue.Queue()
         closed = threading.Event()
 
@@ -108,14 +132,12 @@ class LanguageModel:
 
         def work():
             try:
-                self.generate_ids(ids, max_new_tokens, stop_tokens=stop_tokens, on_token=on_token, **sampling)
+                self.engine.generate(ids, max_new_tokens, params, stops, on_token)
                 q.put(None)
             except BaseException as e:  # handed to the consumer, re-raised there
                 q.put(e)
 
-        stops = set(np.ravel(self._default_stops() if stop_tokens is None else stop_tokens).tolist())
-        SamplingParams(**sampling)  # bad knobs raise here, in the caller's thread
-        self.engine.check_request(ids, max_new_tokens)
+        stop_set = set(np.ravel(stops).tolist())  # one row: a flat list, or [[...]] per row
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
         new: list[int] = []
@@ -127,7 +149,7 @@ class LanguageModel:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                if item in stops:
+                if item in stop_set:
                     continue
                 new.append(item)
                 text = self.continuation_text(ids[0], new)
@@ -150,21 +172,24 @@ class LanguageModel:
              **sampling) -> str | list[str]:
         """The assistant's reply to a conversation ([{"role": ..., "content": ...}, ...]), or a list of
         replies to a list of conversations (one batch). Stops at the end of the turn (chat_lib.stop_ids)."""
+        template = chat_lib.template_source(chat_template)
+        params, stops = self._request(max_new_tokens, sampling, stop_tokens, lambda: self._chat_stops(template))
         batch = messages if chat_lib.is_batch(messages) else [messages]
-        ids = [self.chat_prompt(m, chat_template=chat_template) for m in batch]
-        stops = chat_lib.stop_ids(self.tokenizer, self.generation_config, chat_template) if stop_tokens is None \
-            else stop_tokens
-        out = self.generate_ids(ids, max_new_tokens, stop_tokens=stops, **sampling)
+        ids = [self.chat_prompt(m, chat_template=template) for m in batch]
+        out = self.engine.generate(ids, max_new_tokens, params, stops)
         replies = [self.continuation_text(p, t) for p, t in zip(ids, out.tokens)]
         return replies if chat_lib.is_batch(messages) else replies[0]
 
     def stream_chat(self, messages, max_new_tokens: int = 256, *, chat_template: str | None = None,
                     stop_tokens=None, **sampling) -> Iterator[str]:
         """Yield the reply to one conversation piece by piece (see `chat` and `stream`)."""
-        ids = [self.chat_prompt(messages, chat_template=chat_template)]
-        stops = chat_lib.stop_ids(self.tokenizer, self.generation_config, chat_template) if stop_tokens is None \
-            else stop_tokens
-        return self._stream_ids(ids, max_new_tokens, stops, sampling)
+        template = chat_lib.template_source(chat_template)
+        params, stops = self._request(max_new_tokens, sampling, stop_tokens, lambda: self._chat_stops(template))
+        ids = [self.chat_prompt(messages, chat_template=template)]
+        return self._stream_ids(ids, max_new_tokens, params, stops)
+
+    def _chat_stops(self, template: str | None) -> list[int]:
+        return chat_lib.stop_ids(self.tokenizer, self.generation_config, template)
 
     def continuation_text(self, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
         """Text of new_ids as a continuation of the prompt (keeps the leading space sentencepiece drops)."""
@@ -178,15 +203,14 @@ class LanguageModel:
         return [eos if eos >= 0 else self.cfg.eos_token_id]
 
     # ---- scoring ------------------------------------------------------------------------------
-    def logprobs(self, text: str, add_bos: bool = True) -> list[tuple[str, float]]:
+    def logprobs(self, text: str, add_bos: bool | None = None) -> list[tuple[str, float]]:
         """(piece, log p(piece | everything before it)) for each token of text; natural log."""
-        if not text:
-            raise JaxlmError("text to score is empty")
-        ids = self.tokenizer.encode(text, add_bos=add_bos and self.tokenizer.bos_id >= 0)
+        checks.text("text", text)
+        ids = self.tokenizer.encode_input(text, add_bos)
         lp = self.scorer.token_logprobs(ids)
         return [(self.tokenizer.decode([t]), float(v)) for t, v in zip(ids[1:], lp)]
 
-    def score(self, text: str, add_bos: bool = True) -> float:
+    def score(self, text: str, add_bos: bool | None = None) -> float:
         """Total log-probability (nats) of text under the model."""
         return float(sum(v for _, v in self.logprobs(text, add_bos)))
 
@@ -194,20 +218,29 @@ class LanguageModel:
                    batch_size: int = 8) -> float:
         """Perplexity of a text or a file, scored in non-overlapping windows of seq_len tokens."""
         if (text is None) == (path is None):
-            raise JaxlmError("give either text or path to perplexity()")
-        if path is not None:
-            text = read_text(path)
-        ids = self.tokenizer.encode(text, add_bos=self.tokenizer.bos_id >= 0)
+            raise checks.ArgumentTypeError("give either text or path to perplexity(), not both or neither")
+        checks.scoring_windows(seq_len, batch_size, self.cfg.max_context)
+        text = read_text(checks.path("path", path)) if path is not None else checks.text("text", text)
+        ids = self.tokenizer.encode_input(text)
         return self.scorer.perplexity(ids, seq_len, batch_size)[0]
 
 
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's contents, or a JaxlmError naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+    """A UTF-8 text file's contents (bundled: paths resolved), or a JaxlmError naming the problem."""
+    p = resolve_path(path)
+    if not p.is_file():
+        what = "is a directory, not a file" if p.is_dir() else "is not a regular file (a FIFO, socket or " \
+            "device)" if p.exists() else "does not exist"
         raise JaxlmError(f"data file {path} {what}; give a UTF-8 text file")
     try:
-        return path.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise JaxlmError(f"data file {path} is not UTF-8 text") from None
+
+
+def tokenizer_path(tokenizer) -> str | Path:
+    """load()'s tokenizer argument when it is not a Tokenizer: a path, or a TypeError naming it."""
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        raise checks.ArgumentTypeError(f"tokenizer must be a jaxlm Tokenizer or a path to one (bundled:tokenizer "
+                                       f"works), got {checks.shown(tokenizer)}")
+    return tokenizer

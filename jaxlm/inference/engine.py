@@ -31,7 +31,8 @@ from flax import nnx
 from jax.experimental import io_callback
 
 from jaxlm import ops
-from jaxlm.errors import JaxlmError
+from jaxlm.errors import host_ram_bytes
+from jaxlm.inference import checks
 from jaxlm.inference.sampling import SamplingParams, next_token
 from jaxlm.model import kv_cache
 from jaxlm.model.unstack import unstacked
@@ -80,31 +81,25 @@ class Engine:
         """layers: "scan" runs each group of stacked layers as one lax.scan; "unroll" gives every layer
         its own weights (`jaxlm.model.unstack`, a one-time copy) so a decode step reads each weight once
         on XLA:CPU; "auto" = the `LAYERS` entry of the target platform."""
-        if cache_dtype not in CACHE_DTYPES:
-            raise JaxlmError(f"unknown cache dtype {cache_dtype!r}; choose one of {', '.join(CACHE_DTYPES)}")
+        checks.model("model", model)
+        checks.choice("cache_dtype", cache_dtype, CACHE_DTYPES, "cache dtype")
         model = decode_layout(model, layers)
         self.cfg = model.cfg
         self.cache_dtype = self.cfg.compute_dtype if cache_dtype == "auto" else cache_dtype
         self.vocab_limit = vocab_limit or self.cfg.vocab_size
         self.graphdef, self.state = nnx.split(model)
 
-    def check_request(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
-        if not prompts:
-            raise JaxlmError("no prompts given; pass at least one prompt")
-        if max_new_tokens < 1:
-            raise JaxlmError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    def check_request(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """The prompts as id lists, or an error naming the bad argument; nothing is compiled before this."""
+        prompts = checks.prompt_ids(prompts, self.cfg.vocab_size)
+        checks.integer("max_new_tokens", max_new_tokens, 1)
         for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise JaxlmError(f"prompt {i} is empty; give at least one token (e.g. the BOS token)")
             if len(p) + max_new_tokens > self.cfg.max_context:
-                raise JaxlmError(
+                raise checks.ArgumentValueError(
                     f"prompt {i} has {len(p)} tokens + max_new_tokens {max_new_tokens} = "
                     f"{len(p) + max_new_tokens}, over the model's context of {self.cfg.max_context}; "
                     f"shorten the prompt or lower max_new_tokens")
-            bad = [t for t in p if not 0 <= t < self.cfg.vocab_size]
-            if bad:
-                raise JaxlmError(f"prompt {i} has token id {bad[0]} outside the model's vocabulary "
-                                 f"[0, {self.cfg.vocab_size}); check that the tokenizer matches the model")
+        return prompts
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64,
                  sampling: SamplingParams = SamplingParams(),
@@ -115,12 +110,17 @@ class Engine:
         stop_tokens: ids that end a row (default: the model's eos), or one list per row.
         on_token: streaming callback, called once per step with that step's tokens.
         """
-        self.check_request(prompts, max_new_tokens)
+        prompts = self.check_request(prompts, max_new_tokens)
+        if not isinstance(sampling, SamplingParams):
+            raise checks.ArgumentTypeError(f"sampling must be a SamplingParams, got {checks.shown(sampling)}")
+        stop_tokens = None if stop_tokens is None else checks.stop_tokens(stop_tokens, self.cfg.vocab_size)
+        checks.callback("on_token", on_token)
         b = len(prompts)
         lengths = np.array([len(p) for p in prompts], np.int32)
         width = min(round_up(int(lengths.max()), BUCKET), self.cfg.max_context)
         out_len = round_up(max_new_tokens, BUCKET)
         cache_len = min(self.cfg.max_context, width + out_len)
+        self._check_memory(b, width, cache_len)
         tokens = np.zeros((b, width), np.int32)
         for i, p in enumerate(prompts):
             tokens[i, :len(p)] = p
@@ -156,10 +156,25 @@ class Engine:
         return _collect(out, stops, max_new_tokens, lengths, ttft, decode_s)
 
 
+    def _check_memory(self, b: int, width: int, cache_len: int) -> None:
+        """Refuse, from the shapes, a batch whose KV cache and prefill activations cannot fit: on CPU the
+        host's RAM, else the device memory JAX reports (unknown: no check). A lower bound, before compiling."""
+        device = jax.local_devices()[0]
+        have = host_ram_bytes() if device.platform == "cpu" else (device.memory_stats() or {}).get("bytes_limit")
+        widest = max(max(s.ffn_dim for s in self.cfg.layer_specs), self.cfg.model_dim)
+        cache = kv_cache.cache_bytes(self.cfg, b, cache_len, self.cache_dtype)
+        need = cache + b * width * (self.cfg.model_dim + widest) * 4 + b * self.cfg.vocab_size * 4
+        if have and need > have:
+            raise checks.ArgumentValueError(
+                f"{b} prompts of up to {width} tokens (+ up to {cache_len - width} new) need at least "
+                f"{need / 2 ** 30:.1f} GiB (KV cache {cache / 2 ** 30:.1f} GiB), more than the "
+                f"{have / 2 ** 30:.1f} GiB of {'this host' if device.platform == 'cpu' else device.device_kind}; "
+                f"generate fewer prompts at a time, or lower max_new_tokens or cache_dtype")
+
+
 def decode_layout(model: nnx.Module, layers: str = "auto", platform: str | None = None) -> nnx.Module:
     """The model in the layer layout generation runs in (see `Engine`)."""
-    if layers not in LAYERS.values() and layers != "auto":
-        raise JaxlmError(f"unknown layers layout {layers!r}; choose auto, scan or unroll")
+    checks.choice("layers", layers, ("auto", "scan", "unroll"), "layers layout")
     if layers == "auto":
         layers = LAYERS.get(platform or ops.target_platform(), "scan")
     return unstacked(model) if layers == "unroll" else model
@@ -171,7 +186,8 @@ def _stop_matrix(stop_tokens, b: int, eos: int) -> np.ndarray:
         rows = [[eos]] * b
     elif len(stop_tokens) and isinstance(stop_tokens[0], (list, tuple)):
         if len(stop_tokens) != b:
-            raise JaxlmError(f"stop_tokens has {len(stop_tokens)} lists for {b} prompts; give one per prompt")
+            raise checks.ArgumentValueError(f"stop_tokens has {len(stop_tokens)} lists for {b} prompts; give one "
+                                            f"per prompt")
         rows = [list(r) for r in stop_tokens]
     else:
         rows = [list(stop_tokens)] * b

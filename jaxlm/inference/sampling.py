@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from jaxlm.errors import JaxlmError
+from jaxlm.inference import checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,14 +26,24 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise JaxlmError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise JaxlmError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.top_k < 0 or int(self.top_k) != self.top_k:
-            raise JaxlmError(f"top_k must be a non-negative integer (0 = off), got {self.top_k}")
-        if not self.repetition_penalty > 0:
-            raise JaxlmError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        # one check per knob, shared by the API and the CLI flags (jaxlm/inference/checks.py)
+        fields = {"temperature": checks.number("temperature", self.temperature, 0, note="0 = greedy"),
+                  "top_k": checks.integer("top_k", self.top_k, 0, note="0 = off"),
+                  "top_p": checks.number("top_p", self.top_p, 0, 1, low_open=True, note="1 = off"),
+                  "repetition_penalty": checks.number("repetition_penalty", self.repetition_penalty, 0,
+                                                      low_open=True, note="1 = off"),
+                  "seed": checks.integer("seed", self.seed, 0, checks.SEED_MAX)}
+        for name, value in fields.items():  # normalised: plain Python numbers, whatever came in
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def of(cls, sampling: dict) -> "SamplingParams":
+        """From keyword arguments; an unknown name is a TypeError that lists the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        for name in sampling:
+            if name not in known:
+                raise checks.ArgumentTypeError(f"unknown sampling argument {name!r}; choose from {', '.join(known)}")
+        return cls(**sampling)
 
     @property
     def greedy(self) -> bool:
@@ -41,7 +51,7 @@ class SamplingParams:
 
     def as_arrays(self) -> dict[str, jax.Array]:
         """The traced knobs passed into the compiled programs."""
-        return {"temperature": jnp.float32(self.temperature), "top_k": jnp.int32(self.top_k),
+        return {"temperature": jnp.float32(self.temperature), "top_k": jnp.int32(min(self.top_k, 2**31 - 1)),
                 "top_p": jnp.float32(self.top_p), "repetition_penalty": jnp.float32(self.repetition_penalty)}
 
 

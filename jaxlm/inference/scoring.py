@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.errors import JaxlmError
+from jaxlm.inference import checks
 
 
 class Scorer:
@@ -55,8 +56,11 @@ class Scorer:
         """exp(mean negative log-likelihood) over a token stream -> (perplexity, tokens scored).
 
         The stream is cut into non-overlapping windows of seq_len + 1 tokens (each window predicts its
-        last seq_len tokens from the ones before, within the window), as training sees text.
+        last seq_len tokens from the ones before, within the window), as training sees text. Calls are
+        as wide and as tall as the text needs, in power-of-two buckets (a short file on a long-context
+        model is not padded to the whole context and batch), so a file compiles a few shapes at most.
         """
+        checks.scoring_windows(seq_len, batch_size, self.cfg.max_context)  # seq_len 0 is refused, not "default"
         seq_len = seq_len or self.cfg.max_context - 1
         if not 1 <= seq_len < self.cfg.max_context:
             raise JaxlmError(f"seq_len must be in [1, {self.cfg.max_context - 1}] (the model's context - 1), "
@@ -65,11 +69,13 @@ class Scorer:
             raise JaxlmError("perplexity needs at least 2 tokens of text; give a longer file")
         windows = [tokens[i:i + seq_len + 1] for i in range(0, len(tokens) - 1, seq_len)]
         windows = [w for w in windows if len(w) >= 2]
+        width = min(_bucket(max(len(w) for w in windows) - 1, 32), seq_len)  # targets per row
         total, count = 0.0, 0
         for start in range(0, len(windows), batch_size):
             chunk = windows[start:start + batch_size]
-            ids = np.zeros((batch_size, seq_len + 1), np.int32)
-            mask = np.zeros((batch_size, seq_len), np.float32)
+            rows = min(_bucket(len(chunk), 1), batch_size)
+            ids = np.zeros((rows, width + 1), np.int32)
+            mask = np.zeros((rows, width), np.float32)
             for i, w in enumerate(chunk):
                 ids[i, :len(w)] = w
                 mask[i, :len(w) - 1] = 1
@@ -77,6 +83,11 @@ class Scorer:
             total -= float(lp.sum(dtype=np.float64))
             count += int(mask.sum())
         return math.exp(total / count), count
+
+
+def _bucket(n: int, smallest: int) -> int:
+    """The power of two >= n (and >= smallest): the padded sizes a scoring pass compiles for."""
+    return max(smallest, 1 << (n - 1).bit_length())
 
 
 def _round_up(n: int, m: int) -> int:

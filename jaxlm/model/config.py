@@ -13,6 +13,7 @@ import functools
 from typing import Literal
 
 from jaxlm.errors import ConfigError
+from jaxlm.fields import bounded, check_fields
 from jaxlm.model import buckets
 from jaxlm.model.flops import head_flops
 from jaxlm.model.spec import LayerSpec
@@ -28,45 +29,49 @@ class RopeScaling:
     """RoPE frequency scaling. `type`: none | linear | llama3 | longrope (Phi-3 128k)."""
 
     type: Literal["none", "linear", "llama3", "longrope"] = "none"
-    factor: float = 1.0  # linear and llama3: divide frequencies (llama3: the low ones) by this
-    low_freq_factor: float = 1.0  # llama3
-    high_freq_factor: float = 4.0  # llama3
-    original_max_position: int = 8192  # llama3 and longrope: the pre-training context
-    short_factor: tuple[float, ...] = ()  # longrope: head_dim/2 per-frequency divisors
-    long_factor: tuple[float, ...] = ()  # longrope: used when the sequence exceeds original_max_position
+    factor: float = bounded(1.0, gt=0)  # linear and llama3: divide frequencies (llama3: the low ones) by this
+    low_freq_factor: float = bounded(1.0, gt=0)  # llama3
+    high_freq_factor: float = bounded(4.0, gt=0)  # llama3
+    original_max_position: int = bounded(8192, ge=1)  # llama3 and longrope: the pre-training context
+    short_factor: tuple[float, ...] = bounded((), gt=0)  # longrope: head_dim/2 per-frequency divisors
+    long_factor: tuple[float, ...] = bounded((), gt=0)  # longrope: used when the sequence exceeds original_max_position
+
+    def __post_init__(self):
+        check_fields(self, "model.rope_scaling")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str = "model"
-    vocab_size: int = 32000
-    model_dim: int = 256
-    num_layers: int = 4
-    head_dim: int = 64
+    # sizes are array dimensions (below 2**31, as jax's int32 indices need); layers are listed one by one
+    vocab_size: int = bounded(32000, ge=1, lt=2 ** 31)
+    model_dim: int = bounded(256, ge=1, lt=2 ** 31)
+    num_layers: int = bounded(4, ge=1, lt=2 ** 16)
+    head_dim: int = bounded(64, ge=2, lt=2 ** 31)
     # Explicit per-layer sizes: an int (every layer) or a list of num_layers ints ...
-    num_query_heads: int | tuple[int, ...] | None = None
-    num_kv_heads: int | tuple[int, ...] | None = None
-    ffn_dim: int | tuple[int, ...] | None = None
+    num_query_heads: int | tuple[int, ...] | None = bounded(None, ge=1, lt=2 ** 31)
+    num_kv_heads: int | tuple[int, ...] | None = bounded(None, ge=1, lt=2 ** 31)
+    ffn_dim: int | tuple[int, ...] | None = bounded(None, ge=1, lt=2 ** 31)
     # ... or OpenELM layerwise scaling (used for any of the three left unset above).
-    qkv_multipliers: tuple[float, float] | None = None
-    ffn_multipliers: tuple[float, float] | None = None
-    num_gqa_groups: int = 1  # query heads per kv head under layerwise scaling
-    ffn_dim_divisor: int = 256
+    qkv_multipliers: tuple[float, float] | None = bounded(None, gt=0)
+    ffn_multipliers: tuple[float, float] | None = bounded(None, gt=0)
+    num_gqa_groups: int = bounded(1, ge=1)  # query heads per kv head under layerwise scaling
+    ffn_dim_divisor: int = bounded(256, ge=1)
     qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE (OpenELM)
     tie_embeddings: bool = True  # logits = h @ embedding.T, no separate output head
-    norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
+    norm_eps: float = bounded(1e-6, gt=0)
+    rope_theta: float = bounded(10000.0, gt=0)
     rope_scaling: RopeScaling = RopeScaling()
-    max_context: int = 2048
+    max_context: int = bounded(2048, ge=1, lt=2 ** 31)
     # Sliding-window attention (Mistral, Phi-3): a token sees the last sliding_window positions, its
     # own included (key position > query position - sliding_window), as transformers masks it.
     # None: full causal attention.
-    sliding_window: int | None = None
+    sliding_window: int | None = bounded(None, ge=1, note="null: full causal attention")
     activation: Literal["silu", "gelu"] = "silu"  # gate activation of the gated FFN (SwiGLU: silu)
     param_dtype: DType = "float32"
     compute_dtype: DType = "float32"
-    bos_token_id: int = 1
-    eos_token_id: int = 2
+    bos_token_id: int = bounded(1, ge=0)
+    eos_token_id: int = bounded(2, ge=0)
     # Kernels: "auto" picks per backend (see jaxlm.ops.dispatch); the XLA path is the reference.
     attention_impl: KernelImpl = "auto"
     norm_impl: KernelImpl = "auto"
@@ -76,34 +81,20 @@ class ModelConfig:
     # fewest buckets whose extra training FLOPs stay within this fraction of the model's (0.03: 3%).
     # Exact (jaxlm.model.buckets); checkpoints and model dirs keep the unpadded layers. 0: only
     # identical layers share a scan. Quantized and LoRA runs store and run unpadded (RunConfig sets 0).
-    scan_pad_budget: float = 0.0
+    scan_pad_budget: float = bounded(0.0, ge=0, lt=1, note="a fraction of the training FLOPs, e.g. 0.03 for 3%")
     # Rematerialisation of each block in the backward pass: none | full | dots (save matmul outputs).
     remat: Literal["none", "full", "dots"] = "none"
 
     def __post_init__(self):
-        for field in ("vocab_size", "model_dim", "num_layers", "head_dim", "max_context", "ffn_dim_divisor",
-                      "num_gqa_groups"):
-            value = getattr(self, field)
-            if value <= 0:
-                raise ConfigError(f"model.{field} must be a positive integer, got {value}")
+        check_fields(self, "model")
         if self.head_dim % 2:
             raise ConfigError(f"model.head_dim must be even for RoPE (pairs of dimensions rotate), got {self.head_dim}")
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise ConfigError(f"model.sliding_window must be a positive integer or null, got {self.sliding_window}")
-        if not 0.0 <= self.scan_pad_budget < 1.0:
-            raise ConfigError(f"model.scan_pad_budget is a fraction of the training FLOPs in [0, 1), got "
-                              f"{self.scan_pad_budget}; e.g. 0.03 for at most 3% extra")
-        if self.norm_eps <= 0 or self.rope_theta <= 0:
-            raise ConfigError("model.norm_eps and model.rope_theta must be positive")
         for field in ("num_query_heads", "num_kv_heads", "ffn_dim"):
             value = getattr(self, field)
-            values = value if isinstance(value, tuple) else (value,) if value is not None else ()
             if isinstance(value, tuple) and len(value) != self.num_layers:
                 raise ConfigError(
                     f"model.{field} has {len(value)} entries but model.num_layers is {self.num_layers}; "
                     f"give one value per layer or a single int")
-            if any(v <= 0 for v in values):
-                raise ConfigError(f"model.{field} must hold positive integers, got {value}")
         if (self.num_query_heads is None or self.num_kv_heads is None) and self.qkv_multipliers is None:
             raise ConfigError("set model.num_query_heads and model.num_kv_heads, or model.qkv_multipliers "
                               "for OpenELM layerwise scaling")
@@ -120,8 +111,6 @@ class ModelConfig:
             if len(rs.short_factor) != half or len(rs.long_factor) != half:
                 raise ConfigError(f"model.rope_scaling short_factor and long_factor need head_dim/2 = {half} "
                                   f"values each, got {len(rs.short_factor)} and {len(rs.long_factor)}")
-        if rs.type in ("linear", "llama3") and rs.factor <= 0:
-            raise ConfigError(f"model.rope_scaling.factor must be positive, got {rs.factor}")
 
     @functools.cached_property
     def layer_specs(self) -> tuple[LayerSpec, ...]:

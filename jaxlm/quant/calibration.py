@@ -7,15 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from jaxlm.assets import resolve_path
+from jaxlm.data.config import SourceConfig
+from jaxlm.data.sources import list_files
 from jaxlm.errors import JaxlmError
 
 DEFAULT_SOURCE = "bundled:corpus/train"
 
 
 def read_texts(source: str | Path) -> str:
-    """A .txt file, or every *.txt under a directory (sorted), joined."""
+    """A .txt file, or every *.txt under a directory (sorted), joined. Read as the data pipeline reads a
+    source (`list_files`): regular files only, so a FIFO cannot hang the run."""
     p = resolve_path(source)
-    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p] if p.is_file() else []
+    files = [f for f in list_files(SourceConfig(path=str(p))) if f.suffix == ".txt" or f == p] if p.exists() else []
     if not files:
         raise JaxlmError(f"no calibration text at {source}; give a .txt file or a directory of .txt files")
     return "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)

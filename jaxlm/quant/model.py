@@ -149,25 +149,30 @@ def group_sizes(model) -> dict[str, int]:
     return out
 
 
+def describe_scheme(model, qcfg: QuantConfig) -> str:
+    """One line: the scheme as applied to `model` (a quantized model, abstract or not), naming the weights
+    whose input dim made a smaller group than the one asked for, and what the embeddings are stored as."""
+    group = f"group {qcfg.group_size}" if qcfg.group_size else "per channel"
+    if qcfg.group_size and qcfg.bits < 16:
+        by_group: dict[int, list[str]] = {}
+        for name, g in group_sizes(model).items():
+            if g != qcfg.group_size and "embed" not in name and "lm_head" not in name:
+                by_group.setdefault(g, []).append(name)
+        if by_group:
+            group += " (" + "; ".join(f"group {g} for {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                                      for g, names in sorted(by_group.items())) + \
+                f": {qcfg.group_size} does not divide their input dim)"
+    embed = "int8, one scale per row" if qcfg.embed_bits == 8 else f"unquantized ({model.cfg.param_dtype})"
+    return (f"quantized: {qcfg.bits}-bit {group} {'symmetric' if qcfg.symmetric else 'asymmetric'} ({qcfg.method}), "
+            f"embeddings {embed}")
+
+
 def describe_storage(run_cfg, disk_bytes: int | None = None) -> str:
     """Lines for `jaxlm model-info`: bytes of the quantized model (from shapes), and `disk_bytes`, the size of
     its saved params/ (`jaxlm.checkpoint.locate.params_disk_bytes`), when given."""
-    q = run_cfg.quant
-    model = abstract_quantized(run_cfg.model, q)
+    model = abstract_quantized(run_cfg.model, run_cfg.quant)
     rep = storage_report(model)
-    group = f"group {q.group_size}" if q.group_size else "per channel"
-    if q.group_size and q.bits < 16:
-        other = {name: g for name, g in group_sizes(model).items() if g != q.group_size and "embed" not in name
-                 and "lm_head" not in name}
-        if other:
-            by_group = {}
-            for name, g in other.items():
-                by_group.setdefault(g, []).append(name)
-            group += " (" + "; ".join(f"group {g} for {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
-                                      for g, names in sorted(by_group.items())) + f": {q.group_size} does not divide " \
-                                                                                   f"their input dim)"
-    lines = [f"quantized: {q.bits}-bit {group} {'symmetric' if q.symmetric else 'asymmetric'} ({q.method}), "
-             f"embeddings {q.embed_bits}-bit",
+    lines = [describe_scheme(model, run_cfg.quant),
              f"  {rep['quantized_weights']:,} quantized weights in {rep['quantized_bytes']:,} bytes = "
              f"{rep['bits_per_quantized_weight']:.3f} bits per weight (scales and zero points included)",
              f"  {rep['other_weights']:,} other parameters in {rep['other_bytes']:,} bytes",

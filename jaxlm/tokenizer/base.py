@@ -52,6 +52,18 @@ class Tokenizer(abc.ABC):
         return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
 
     @property
+    def adds_bos(self) -> bool:
+        """Whether the tokenizer's own rule puts BOS before a text, as transformers' `tokenizer(text)` does:
+        tokenizer_config.json's `add_bos_token` (default true, as for Llama's sentencepiece tokenizer).
+        A tokenizer.json follows its post-processor instead (HFTokenizer)."""
+        return self.bos_id >= 0 and self.hf_config.get("add_bos_token", True) is not False
+
+    def encode_input(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """A text's ids as model input, as `tokenizer(text)` in transformers gives them: BOS by the
+        tokenizer's own rule (`adds_bos`), or as `add_bos` says when given."""
+        return self.encode(text, add_bos=self.adds_bos if add_bos is None else add_bos and self.bos_id >= 0)
+
+    @property
     def special_tokens(self) -> dict[str, int]:
         """Control tokens by text (bos, eos, chat markers such as <|eot_id|>)."""
         return {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -25,7 +26,8 @@ END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end|>", "<|im_end|>", "<end_of_tur
 
 
 @functools.lru_cache(maxsize=16)
-def compile_template(source: str):
+def compile_template(source: str, origin: str = "the chat template (chat_template in tokenizer_config.json)"):
+    """The Jinja template of `source`; a JaxlmError naming `origin` (where the text came from) if it does not parse."""
     # lazy: jinja2 takes ~0.2 s to import; only chat prompts need it
     import jinja2
     from jinja2.ext import Extension, loopcontrols
@@ -57,8 +59,7 @@ def compile_template(source: str):
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
-        raise JaxlmError(f"the chat template does not parse (line {e.lineno}: {e.message}); fix chat_template in "
-                         f"tokenizer_config.json") from None
+        raise JaxlmError(f"{origin} does not parse (line {e.lineno}: {e.message}); fix it") from None
 
 
 def check_messages(messages) -> list[dict]:
@@ -87,6 +88,13 @@ def render_chat(template: str, messages, special_tokens: Mapping[str, str], add_
                                                  add_generation_prompt=add_generation_prompt, **context)
     except jinja2.exceptions.TemplateError as e:  # raise_exception(...) in the template, or a bad construct
         raise JaxlmError(f"the chat template refused the conversation: {e}") from None
+    except (ArithmeticError, LookupError, TypeError, ValueError) as e:
+        # the template's own code failed, e.g. a range over the sandbox's limit (OverflowError), 1/0, "a" + 1
+        if not any(f.filename == "<template>" for f in traceback.extract_tb(e.__traceback__)):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise JaxlmError(f"the chat template failed on this conversation ({type(e).__name__}: {first}); fix the "
+                         f"template") from None
 
 
 def end_of_turn_ids(template: str, special_tokens: Mapping[str, int]) -> list[int]:

@@ -140,6 +140,12 @@ class HFTokenizer(Tokenizer):
         texts = {r: token_text(self.hf_config.get(r, self._special_map.get(r))) for r in roles}
         return {r: t for r, t in texts.items() if t is not None}
 
+    @property
+    def adds_bos(self) -> bool:
+        # transformers (5.x) reads a tokenizer.json's post-processor, whatever tokenizer_config.json says
+        ids = self._tok.encode("a", add_special_tokens=True).ids
+        return self._bos >= 0 and bool(ids) and ids[0] == self._bos
+
     def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
         if (add_bos and self._bos < 0) or (add_eos and self._eos < 0):
             raise JaxlmError("this tokenizer has no bos/eos token; set bos_token / eos_token in tokenizer_config.json")

@@ -28,6 +28,9 @@ def load_tokenizer(path: str | Path, kind: Kind = "auto") -> Tokenizer:
     if not p.exists():
         raise JaxlmError(f"tokenizer path {path} does not exist; give a tokenizer.model file or a directory "
                          f"holding one (e.g. bundled:tokenizer)")
+    if not p.is_dir() and not p.is_file():  # reading a FIFO would block for ever, a device never end
+        raise JaxlmError(f"tokenizer path {path} is not a regular file (a FIFO, socket or device); give a "
+                         f"tokenizer.model file or a directory holding one")
     json_file = p / hf_json.FILE_NAME if p.is_dir() else p
     if kind in ("auto", "hf") and json_file.name == hf_json.FILE_NAME and json_file.is_file():
         return hf_json.HFTokenizer.from_dir(json_file.parent)

@@ -55,6 +55,9 @@ def train_sentencepiece(paths: Iterable[str | Path], output_dir: str | Path, voc
                         ) -> SentencePieceTokenizer:
     """Train on the lines of `paths`; write `output_dir/tokenizer.model`; return the tokenizer."""
 
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 1 <= vocab_size < 2 ** 31:
+        raise JaxlmError(f"vocab_size must be an integer in [1, 2**31) (sentencepiece's ids are int32), got "
+                         f"{vocab_size!r}")
     files = text_files(paths)
     buf = io.BytesIO()
     try:
@@ -65,7 +68,7 @@ def train_sentencepiece(paths: Iterable[str | Path], output_dir: str | Path, voc
             character_coverage=character_coverage, max_sentence_length=max_sentence_length,
             unk_id=0, bos_id=1, eos_id=2, pad_id=3, input_sentence_size=0, shuffle_input_sentence=False,
             num_threads=1, minloglevel=2)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # ValueError: an option sentencepiece cannot parse
         detail = str(e).splitlines()[-1].split("] ")[-1][:200] if str(e).strip() else ""
         detail = detail or f"invalid settings (vocab_size {vocab_size}, character_coverage {character_coverage})"
         raise JaxlmError(f"sentencepiece training failed: {detail}; check vocab_size against the text "

@@ -24,6 +24,7 @@ import jax
 import jax.monitoring
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
+from jaxlm.errors import ConfigError
 from jaxlm.training.run_lock import LOCK_NAME
 
 DIR_NAME = "compile_cache"
@@ -52,6 +53,12 @@ def active(setting: str, out_dir: Path):
     """Use the run's cache inside the block (yields a CacheUse); JAX's previous setting is put back."""
     previous = jax.config.jax_compilation_cache_dir
     use = CacheUse(resolve(setting, out_dir))
+    if use.directory is not None:  # JAX would only warn on every read and write, and cache nothing
+        d = Path(use.directory).absolute()
+        blocker = next((p for p in (d, *d.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"train.compile_cache {use.directory} cannot be a directory: {blocker} is a file; "
+                              f"give a directory, \"auto\" or \"off\"")
 
     def on_event(event: str, **_):
         if event == _HIT:

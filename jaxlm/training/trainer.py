@@ -27,6 +27,7 @@ from jaxlm.checkpoint import load_model
 from jaxlm.checkpoint.locate import finished_steps
 from jaxlm.checkpoint.metadata import CorruptCheckpoint
 from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
+from jaxlm.config import check_sample_fits
 from jaxlm.data import make_batch_iterator
 from jaxlm.errors import ConfigError, JaxlmError, disk_full, is_disk_full
 from jaxlm.model import flops
@@ -34,6 +35,7 @@ from jaxlm.outputs import refuse_overlap
 from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.tokenizer import check_vocab
 from jaxlm.training import compile_cache, run_dir as rd
+from jaxlm.training.memory import check_fits
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
 from jaxlm.training.run_lock import describe_holder, locked_run_dir
@@ -75,6 +77,8 @@ def train(run_cfg, *, batch_source=None, eval_source=None, tokenizer=None, quiet
     with StopRequests() as stop:
         mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
         check_batch(tc, mesh, jax.process_count(), run_cfg.model.max_context)
+        check_sample_fits(run_cfg)
+        check_fits(run_cfg, mesh)  # before compiling: XLA can take many minutes over a step that cannot run
         out = Path(tc.out_dir).absolute()
         if tc.init_from:  # the run dir's files would replace the model's own (config.yaml, tokenizer)
             refuse_overlap(out, [tc.init_from], "train.out_dir")
@@ -100,6 +104,7 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
         tokenizer = rd.load_run_tokenizer(run_cfg)
     if tokenizer is not None:
         check_vocab(run_cfg.model.vocab_size, tokenizer)  # a mismatch fails now, not mid-run
+        check_sample_fits(run_cfg, tokenizer)  # the sample after training: its prompt's tokens too
     local_batch = tc.batch_size // pc
     if batch_source is None:
         batches = make_batch_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=local_batch,
@@ -127,6 +132,10 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
     notes: list[str] = []
     if lock is not None and lock.stale:
         notes.append(f"took over {lock.path} from {describe_holder(lock.stale)}, which is no longer running")
+    skipped = getattr(batches, "stats", dict)().get("not_regular_file", 0)  # FIFOs would block the reader
+    if skipped:
+        notes.append(f"data: skipped {skipped} file(s) in data.sources that are not regular files (FIFOs, sockets, "
+                     f"devices)")
     if resume_step is not None:
         ckpt, (full, opt_state, meta) = _restore_newest(open_checkpoints, out / "checkpoints", done,
                                                         *program.checkpoint_abstract(), notes)
