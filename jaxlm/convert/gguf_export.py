@@ -25,7 +25,8 @@ from jaxlm.checkpoint.params_io import ParamReader, per_layer
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.gguf_layout import Piece, arch_name, cut, gguf_plan
 from jaxlm.convert.gguf_meta import extra_tensors, write_metadata
-from jaxlm.convert.gguf_quant import CODE_TYPES, QTYPES, Codes, blocks_from_codes, encode, nbytes, tensor_type
+from jaxlm.convert.gguf_quant import (CODE_TYPES, QTYPES, Codes, blocks_from_codes, encode, head_name, nbytes,
+                                     tensor_type)
 from jaxlm.convert.gguf_vocab import GGUFVocab, vocab_from_tokenizer
 from jaxlm.convert.plan import Item, saved_path
 from jaxlm.errors import JaxlmError
@@ -62,7 +63,8 @@ def to_gguf(src: str | Path, out: str | Path, *, type_name: str | None = None, t
     n_params = sum(math.prod(p.shape) for _, pieces in plan for p in pieces)
     write_metadata(writer, family, cfg, type_name, n_params, vocab.tokens)
     vocab.write(writer)
-    types = _add_tensor_infos(writer, plan, extras, lambda it: _item_type(it, reader, layered, quant, type_name))
+    types = _add_tensor_infos(writer, plan, extras, lambda it: _item_type(it, reader, layered, quant, type_name),
+                              head_name(cfg.tie_embeddings))
     notes = _Notes(type_name, quant)
     data = (x for it, pieces in plan for x in _item_data(reader, it, pieces, layered, types, run_cfg, notes))
     with outputs.output_path(out, checked=True, folder=False) as tmp:
@@ -72,15 +74,15 @@ def to_gguf(src: str | Path, out: str | Path, *, type_name: str | None = None, t
     return out
 
 
-def _add_tensor_infos(writer: gguf.GGUFWriter, plan, extras, item_type) -> dict:
+def _add_tensor_infos(writer: gguf.GGUFWriter, plan, extras, item_type, head: str) -> dict:
     """Every tensor's name, shape and type into the header; {name: GGML type}. Checks every tensor's
-    type (a row length its blocks do not divide) before anything is written."""
+    type (a row length its blocks do not divide) before anything is written. `head`: the output head's name."""
     for name, x in extras:
         writer.add_tensor_info(name, x.shape, x.dtype, x.nbytes)
     types = {}
     for it, pieces in plan:
         for p in pieces:
-            qtype = types[p.name] = tensor_type(p.name, p.shape, item_type(it))
+            qtype = types[p.name] = tensor_type(p.name, p.shape, item_type(it), head)
             writer.add_tensor_info(p.name, _byte_shape(p.shape, qtype), _np_dtype(qtype), nbytes(p.shape, qtype),
                                    raw_dtype=qtype)
     return types
@@ -252,7 +254,8 @@ def size_from_shapes(cfg, type_name: str) -> dict:
     align = gguf.GGUF_DEFAULT_ALIGNMENT
     tensors = [(n, x.shape, gguf.GGMLQuantizationType.F32) for n, x in extra_tensors(family, cfg)]
     for _, pieces in gguf_plan(family, cfg):
-        tensors += [(p.name, p.shape, tensor_type(p.name, p.shape, type_name)) for p in pieces]
+        tensors += [(p.name, p.shape, tensor_type(p.name, p.shape, type_name, head_name(cfg.tie_embeddings)))
+                    for p in pieces]
     data = sum(-(-nbytes(s, q) // align) * align for _, s, q in tensors)
     index = sum(8 + len(n) + 4 + 8 * len(s) + 4 + 8 for n, s, _ in tensors)
     weights = sum(math.prod(s) for _, s, _ in tensors)

@@ -39,11 +39,24 @@ class Codes:
     bits: int
 
 
-def tensor_type(name: str, shape: tuple[int, ...], type_name: str):
+# The output head at a 4-bit type: llama.cpp's quantizer keeps it at higher precision (Q6_K), since its
+# error reaches every logit; gguf's Python quantizer writes no K-quants, so q8_0 here.
+HEAD_TYPES = {"q4_0": "q8_0", "q4_1": "q8_0"}
+
+
+def head_name(tied: bool) -> str:
+    """The GGUF tensor that produces the logits: the output matrix, or the embedding table when tied."""
+    return "token_embd.weight" if tied else "output.weight"
+
+
+def tensor_type(name: str, shape: tuple[int, ...], type_name: str, head: str | None = None):
     """The GGML type a tensor is written in: 1-D tensors (norms, RoPE factors) stay float32, as the
-    converter keeps them; a row length the block size does not divide is an error naming the tensor."""
+    converter keeps them; the output head (`head`) takes HEAD_TYPES; a row length the block size does not
+    divide is an error naming the tensor."""
     if len(shape) < 2:
         return Q.F32
+    if name == head:
+        type_name = HEAD_TYPES.get(type_name, type_name)
     qtype = QTYPES[type_name]
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if shape[-1] % block:
