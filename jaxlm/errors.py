@@ -144,6 +144,14 @@ def host_ram_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def memory_limit(device) -> int | None:
+    """Bytes one JAX device can hold: the host's RAM for a CPU device (its devices share it), else what
+    JAX reports for the device (None where it reports nothing)."""
+    if device.platform == "cpu":
+        return host_ram_bytes()
+    return (device.memory_stats() or {}).get("bytes_limit") or None
+
+
 def short_repr(value, limit: int = 80) -> str:
     """repr(value) for a message, cut short in bounded time: a huge or deeply nested value (a YAML alias
     bomb, a giant list passed as an argument) must not hang the error that names it."""

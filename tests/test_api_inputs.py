@@ -321,7 +321,7 @@ def test_reading_a_fifo_is_refused_not_blocked(lm, model_dir, tmp_path):
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_compiling(lm, no_work, monkeypatch):
-    monkeypatch.setattr(engine_lib, "host_ram_bytes", lambda: 2 ** 20)  # a 1 MiB host
+    monkeypatch.setattr(jaxlm.errors, "host_ram_bytes", lambda: 2 ** 20)  # a 1 MiB host
     check_row(lambda: lm.generate(["ROMEO:"] * 64, 8), ValueError,
               r"64 prompts of up to 32 tokens .*need at least .* GiB .*more than the 0\.0 GiB of this host")
 

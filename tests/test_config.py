@@ -265,9 +265,10 @@ def test_a_step_that_cannot_fit_the_host_is_refused(override, lower, monkeypatch
     import jax
 
     from jaxlm.parallel import make_mesh
+    from jaxlm import errors
     from jaxlm.training import memory
 
-    monkeypatch.setattr(memory, "host_ram_bytes", lambda: 16 * 2 ** 30)
+    monkeypatch.setattr(errors, "host_ram_bytes", lambda: 16 * 2 ** 30)
     mesh = make_mesh(1, 1, 1, jax.devices()[:1])
     memory.check_fits(_tiny_run(), mesh)  # 9 MiB: fits
     with pytest.raises(ConfigError, match=r"one train step needs at least [\d.]+ GiB, more than this host's RAM "

@@ -31,7 +31,7 @@ from flax import nnx
 from jax.experimental import io_callback
 
 from jaxlm import ops
-from jaxlm.errors import host_ram_bytes
+from jaxlm.errors import memory_limit
 from jaxlm.inference import checks
 from jaxlm.inference.sampling import SamplingParams, next_token
 from jaxlm.model import kv_cache
@@ -160,7 +160,7 @@ class Engine:
         """Refuse, from the shapes, a batch whose KV cache and prefill activations cannot fit: on CPU the
         host's RAM, else the device memory JAX reports (unknown: no check). A lower bound, before compiling."""
         device = jax.local_devices()[0]
-        have = host_ram_bytes() if device.platform == "cpu" else (device.memory_stats() or {}).get("bytes_limit")
+        have = memory_limit(device)
         widest = max(max(s.ffn_dim for s in self.cfg.layer_specs), self.cfg.model_dim)
         cache = kv_cache.cache_bytes(self.cfg, b, cache_len, self.cache_dtype)
         need = cache + b * width * (self.cfg.model_dim + widest) * 4 + b * self.cfg.vocab_size * 4

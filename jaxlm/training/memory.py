@@ -11,7 +11,7 @@ import dataclasses
 
 import jax
 
-from jaxlm.errors import ConfigError, host_ram_bytes
+from jaxlm.errors import ConfigError, memory_limit
 from jaxlm.model.flops import total_params
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -51,14 +51,12 @@ def check_fits(run_cfg, mesh) -> None:
     the host's RAM; on GPU / TPU one device's share against the memory JAX reports for it (else no check)."""
     need = step_bytes(run_cfg)
     local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    have = memory_limit(local[0])
     if local[0].platform == "cpu":  # the devices of a process share the host's RAM
-        share, have, what = need.total / jax.process_count(), host_ram_bytes(), "this host's RAM"
+        share, what = need.total / jax.process_count(), "this host's RAM"
     else:
-        have = min((d.memory_stats() or {}).get("bytes_limit") or 0 for d in local)
         share, what = need.total / mesh.devices.size, f"one {local[0].device_kind}'s memory"
-        if not have:
-            return
-    if share > have:
+    if have and share > have:
         raise ConfigError(_too_big(run_cfg, need, share, have, what))
 
 
