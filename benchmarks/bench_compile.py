@@ -24,7 +24,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compile.md"
 ROWS = RESULTS.with_suffix(".jsonl")  # every measured row, so --append can add to an earlier run
-TOPOLOGY_CHIPS = {"v5e:2x2": 4, "v5e:2x4": 8, "v5p:2x2x1": 4, "v5p:2x2x2": 8}
+TOPOLOGY_CHIPS = {"v5e:2x2": 4, "v5e:2x4": 8, "v5p:2x2x1": 4, "v5p:2x2x2": 8, "h100:1x1x8": 8, "h200:1x1x8": 8}
 
 
 def compile_once(config: str, topology: str, impl: str, batch: int, seq_len: int, timeout: int,
@@ -47,6 +47,10 @@ def compile_once(config: str, topology: str, impl: str, batch: int, seq_len: int
            "commit": commit, "wall_s": time.perf_counter() - t0, "load": (load0, os.getloadavg()[0]), "rc": rc}
     if m := re.search(r"compiled in ([\d.]+) s", out):
         row["compile_s"] = float(m[1])
+    if m := re.search(r"kernel sites: (.+)", out):
+        row["sites"] = m[1]
+    if m := re.search(r"kernels in the compiled program: (.+)", out):
+        row["kernels"] = m[1]
     if m := re.search(r"arguments ([\d.]+) GiB, temporaries ([\d.]+) GiB.*total ([\d.]+) GiB", out):
         row.update(args=float(m[1]), temps=float(m[2]), total=float(m[3]))
     if m := re.search(r"needs ([\d.]+) GiB of ([\d.]+) GiB per device \(HLO temporaries\)", out + err):

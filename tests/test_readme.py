@@ -25,7 +25,7 @@ from cli_helpers import REPO, cli_env
 FAST_TRAIN = ["--set", "train.steps=2", "--set", "model.num_layers=2", "--set", "train.batch_size=2",
               "--set", "train.seq_len=32", "--set", "train.sample_tokens=8", "--set", "checkpoint.every=1"]
 PLACEHOLDERS = {"CONFIG": "default", "~/models/Llama-3.2-1B": "hf/tiny"}
-NEEDS_LIBTPU = ("compile",)
+NEEDS_COMPILER = ("compile",)
 
 
 PROGRAMS = {("jaxlm",): "jaxlm", ("python", "-m", "jaxlm.eval"): "lm_eval"}
@@ -65,6 +65,13 @@ def test_readme_parser_finds_the_commands():
     assert [c[0] for c in quantized][:4] == ["quantize", "model-info", "generate", "eval"]
 
 
+def _compiler_missing(argv: list[str]) -> bool:
+    from jaxlm.aot.gpu import is_gpu_topology
+
+    gpu = is_gpu_topology(argv[argv.index("--topology") + 1])
+    return importlib.util.find_spec("jax_plugins.xla_cuda12" if gpu else "libtpu") is None
+
+
 def test_every_readme_command_runs(tmp_path):
     """All commands run in ONE process (readme_runner.py), in order, as `jaxlm.cli.main.main(argv)` (and
     lm-eval's command line as `jaxlm.eval.__main__.main`): the CLI's own code path, without paying
@@ -73,8 +80,8 @@ def test_every_readme_command_runs(tmp_path):
     commands = []
     for program, argv in readme_commands(text):
         argv = [PLACEHOLDERS.get(a, a) for a in argv]
-        if argv[0] in NEEDS_LIBTPU and importlib.util.find_spec("libtpu") is None:
-            continue  # compiles for a TPU target: needs libtpu
+        if argv[0] in NEEDS_COMPILER and _compiler_missing(argv):
+            continue  # compiles for a TPU (needs libtpu) or a GPU (JAX's CUDA plugin)
         if argv[0] == "train":
             argv = argv + FAST_TRAIN
         commands.append({"program": program, "argv": argv,

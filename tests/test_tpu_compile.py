@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from jaxlm.aot import topology_devices, train_program
+from jaxlm.aot.report import kernel_sites
 from jaxlm.config import load_run_config
 from jaxlm.errors import JaxlmError
 from jaxlm.parallel import make_mesh
@@ -35,12 +36,7 @@ def v5e():
 
 def _kernel_calls(hlo: str) -> list[tuple[str, str]]:
     """(kernel name, first result shape) of every Mosaic custom call in compiled HLO text."""
-    calls = []
-    for line in hlo.splitlines():
-        if 'custom_call_target="tpu_custom_call"' in line:
-            m = re.match(r"\s*(?:ROOT )?%([a-z_]+)(?:\.\d+)? = \(?(\w+\[[\d,]*\])", line)
-            calls.append((m[1], m[2]))
-    return calls
+    return [(name, shape) for family, name, shape in kernel_sites(hlo) if family == "mosaic"]
 
 
 @needs_libtpu

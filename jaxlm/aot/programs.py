@@ -23,7 +23,11 @@ def train_program(run_cfg, mesh: Mesh):
     check_batch(tc, mesh, process_count=1, max_context=run_cfg.model.max_context)
     program = build_train_program(run_cfg, mesh)
     lowered = program.step_fn.lower(*program.abstract_args(tc.batch_size, tc.seq_len))
-    return f"train step (batch {tc.batch_size} x {tc.seq_len} tokens)", lowered
+    return train_program_name(tc), lowered
+
+
+def train_program_name(train_cfg) -> str:
+    return f"train step (batch {train_cfg.batch_size} x {train_cfg.seq_len} tokens)"
 
 
 def decode_programs(run_cfg, mesh: Mesh, batch_size: int, prompt_len: int, new_tokens: int,

@@ -1,14 +1,15 @@
-"""TPU topologies as devices to build a mesh on, without a TPU: libtpu's topology description."""
+"""Accelerator topologies as devices to build a mesh on, without the accelerator: libtpu's topology
+description for TPU slices ("v5e:2x4"), JAX's CUDA plugin for NVIDIA nodes ("h100:1x1x8", `jaxlm.aot.gpu`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 
 import jax
 from jax.experimental import topologies
 
+from jaxlm.aot.gpu import gpu_devices, gpu_memory_bytes, is_gpu_topology
+from jaxlm.aot.stderr import filtered_stderr
 from jaxlm.errors import JaxlmError
 
 # Per-chip HBM that the TPU compiler lets a program use (libtpu's "available HBM" in its
@@ -22,7 +23,9 @@ CHIP_HBM_GIB: dict[str, float] = {
 
 
 def topology_devices(name: str) -> list:
-    """The TPU devices of a topology such as "v5e:2x4" or "v5p:2x2x1" (compile-only: they cannot run)."""
+    """The devices of a topology such as "v5e:2x4", "v5p:2x2x1" or "h100:1x1x8" (compile-only: they cannot run)."""
+    if is_gpu_topology(name):
+        return gpu_devices(name)
     try:
         import libtpu  # noqa: F401  (lazy: the optional tpu extra; only to tell a missing install from a bad name)
     except ImportError:
@@ -39,32 +42,19 @@ def topology_devices(name: str) -> list:
     # what is being measured here anyway.
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        with _quiet_stderr():  # libtpu's start-up warnings about the missing TPU host
+        with filtered_stderr(drop=lambda line: True):  # libtpu's start-up warnings about the missing TPU host
             return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # libtpu raises XlaRuntimeError / ValueError for an unknown topology
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "INVALID_ARGUMENT" not in first and "Invalid" not in first:
             raise JaxlmError(f"libtpu could not describe topology {name!r}: {first}") from None
         raise JaxlmError(f"unknown TPU topology {name!r} ({first}); give CHIP:SHAPE, e.g. v5e:2x2, v5e:2x4, "
-                         f"v5p:2x2x1, v4:2x2x1, v6e:2x2") from None
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 (where libtpu's C++ logging goes) to /dev/null for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+                         f"v5p:2x2x1, v4:2x2x1, v6e:2x2, or a GPU node such as h100:1x1x8") from None
 
 
 def chip_hbm_bytes(device) -> int | None:
-    """Usable HBM per chip for a device kind (None when unknown)."""
+    """Usable HBM per chip for a device kind (None when unknown). A GPU's is what JAX's allocator takes."""
+    if device.platform == "gpu":
+        return gpu_memory_bytes(device)
     gib = CHIP_HBM_GIB.get(getattr(device, "device_kind", ""))
     return None if gib is None else int(gib * 2 ** 30)

@@ -43,6 +43,15 @@ _LIBTPU_PROBE = ("Failed to find host bounds", "Logging before InitGoogle", "cou
                  "common_lib.cc", "=== Source Location Trace", "libtpu_init_utils", "tfrc/runtime")
 
 
+def _without_cuda_probe(lines: list[str]) -> list[str]:
+    """Drop the traceback that JAX's CUDA plugin (the gpu-aot extra) logs when it finds no GPU: from its
+    "Jax plugin configuration error" line to the failed cuInit that ends it. JAX then runs on the CPU."""
+    start = next((i for i, line in enumerate(lines) if "Jax plugin configuration error" in line
+                  and "xla_cuda" in line), None)
+    end = next((i for i, line in enumerate(lines) if start is not None and i > start and "cuInit" in line), None)
+    return lines if end is None else lines[:start] + lines[end + 1:]
+
+
 def start_backend() -> None:
     """Start JAX's backend (commands that run models call this first) with file descriptor 2
     captured: libtpu's probe lines on a host without a TPU are dropped (a failed start becomes the
@@ -63,6 +72,7 @@ def start_backend() -> None:
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode(errors="replace")
-            kept = [line for line in text.splitlines() if line.strip() and not any(p in line for p in _LIBTPU_PROBE)]
+            kept = [line for line in _without_cuda_probe(text.splitlines())
+                    if line.strip() and not any(p in line for p in _LIBTPU_PROBE)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")

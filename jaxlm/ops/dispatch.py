@@ -28,26 +28,33 @@ from jax.experimental.pallas import tpu as pltpu
 import kernels_pallas.attention as pallas_attention
 import kernels_pallas.rmsnorm as pallas_rmsnorm
 from jaxlm.errors import JaxlmError
+from jaxlm.ops import choices
 from jaxlm.ops.sharded import per_shard
 from jaxlm.parallel import rules
 from kernels_pallas.attention import blockwise_attention, cached_attention as cached_attention_xla
 from kernels_pallas.rmsnorm import rms_norm_reference, rms_norm_residual_reference
 
-# What "auto" picks, per target platform and op. "measured" entries come from
-# experiments/results/kernels.md (experiments/bench_kernels.py); "reasoned" ones are not measured yet.
+# What "auto" picks, per target platform and op, and what each choice rests on (AUTO_BASIS):
+# "measured" (run on the hardware: experiments/results/kernels.md), "compiled" (built by the
+# platform's real compiler on this CPU: memory and kernel calls known, speed not), "reasoned".
 AUTO: dict[str, dict[str, str]] = {
-    # reasoned: Pallas only interprets on a CPU; XLA is the fast path there.
-    # qmatmul: Pallas only interprets on a CPU; "xla" there is the chunked qmatmul_streamed
-    # (measured: benchmarks/results/decode.md; why not one dot: docs/inference.md#performance).
+    # Pallas only interprets on a CPU; XLA is the fast path there. qmatmul: "xla" on a CPU is the
+    # chunked qmatmul_streamed (benchmarks/results/decode.md; why not one dot: docs/inference.md).
     "cpu": {"attention": "xla", "rms_norm": "xla", "qmatmul": "xla"},
-    # reasoned (no GPU lent yet): cuDNN flash attention is JAX's maintained GPU path; it has no
-    # float32 kernel, so float32 attention takes XLA. XLA fuses RMSNorm into neighbouring ops.
-    # qmatmul (reasoned): XLA would write the dequantized weight to HBM; the kernel reads the codes.
-    "gpu": {"attention": "cudnn", "rms_norm": "xla", "qmatmul": "pallas"},
-    # reasoned (compiled with libtpu, never run on a TPU): the Mosaic kernels keep attention O(T)
-    # in memory and fuse the residual add into the norm; the quantized matmul reads the packed codes
-    # (libtpu's compile of the kernel: tests/test_kernels_qmatmul.py).
+    # Compiled for sm_90 (benchmarks/results/gpu_compile.md): packed training batches carry segment
+    # ids, which jax.nn's cuDNN attention cannot take, so "cudnn" would run XLA attention in every
+    # train step; the Triton kernel takes segments, GQA and windows and needs less memory than XLA's.
+    # XLA fuses RMSNorm into its neighbours. qmatmul: the kernel reads the codes, XLA would write
+    # the dequantized weight to HBM.
+    "gpu": {"attention": "pallas", "rms_norm": "xla", "qmatmul": "pallas"},
+    # Compiled with libtpu, never run on a TPU: the Mosaic kernels keep attention O(T) in memory and
+    # fuse the residual add into the norm; the quantized matmul reads the packed codes.
     "tpu": {"attention": "pallas", "rms_norm": "pallas", "qmatmul": "pallas"},
+}
+AUTO_BASIS: dict[str, dict[str, str]] = {
+    "cpu": {"attention": "reasoned", "rms_norm": "reasoned", "qmatmul": "measured"},
+    "gpu": {"attention": "compiled", "rms_norm": "reasoned", "qmatmul": "compiled"},
+    "tpu": {"attention": "compiled", "rms_norm": "compiled", "qmatmul": "compiled"},
 }
 
 IMPLS = ("auto", "xla", "pallas", "cudnn")
@@ -95,11 +102,13 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float, impl: str = "auto") ->
     impl = resolve_impl(impl, "rms_norm")
     if impl == "pallas":
         platform, interpret = pallas_target()
+        choices.note("rms_norm", choices.pallas_name(platform, interpret))
         kernel = functools.partial(pallas_rmsnorm.rms_norm, eps=eps, platform=platform, interpret=interpret)
         with as_jaxlm_error():
             pallas_rmsnorm.check_inputs(x, weight)
             return per_shard(kernel, (x, weight), (_norm_axes(x.ndim), (None,)), _norm_axes(x.ndim))
-    return rms_norm_reference(x, weight, eps)  # "xla", and "cudnn" (no cuDNN RMSNorm in JAX)
+    choices.note("rms_norm", "xla", "no cuDNN RMSNorm in JAX" if impl == "cudnn" else "")
+    return rms_norm_reference(x, weight, eps)
 
 
 def rms_norm_residual(x: jax.Array, residual: jax.Array, weight: jax.Array, eps: float,
@@ -108,12 +117,14 @@ def rms_norm_residual(x: jax.Array, residual: jax.Array, weight: jax.Array, eps:
     impl = resolve_impl(impl, "rms_norm")
     if impl == "pallas":
         platform, interpret = pallas_target()
+        choices.note("rms_norm", choices.pallas_name(platform, interpret))
         kernel = functools.partial(pallas_rmsnorm.rms_norm_residual, eps=eps, platform=platform,
                                    interpret=interpret)
         axes = _norm_axes(x.ndim)
         with as_jaxlm_error():
             pallas_rmsnorm.check_inputs(x, weight, residual)
             return per_shard(kernel, (x, residual, weight), (axes, axes, (None,)), (axes, axes))
+    choices.note("rms_norm", "xla", "no cuDNN RMSNorm in JAX" if impl == "cudnn" else "")
     return rms_norm_residual_reference(x, residual, weight, eps)
 
 
@@ -145,20 +156,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
         raise JaxlmError(f"attention: sliding_window {sliding_window} needs causal attention and a window >= 1")
     if sliding_window is not None and not explicit and sliding_window >= k.shape[1]:
         sliding_window = None  # no key is ever sliding_window or more positions behind a query
-    if impl == "cudnn" and (q.dtype == jnp.float32 or segment_ids is not None
-                            or (causal and q.shape[1] != k.shape[1])):
-        impl = "xla"  # jax.nn's cuDNN call has no float32 kernel, no segment ids, no bottom-right causal mask
-    if explicit:
-        impl = "xla"
+    impl, fallback = _attention_fallback(impl, q, k, segment_ids, causal, explicit)
     _check_attention(q, k, v, same_dtype=impl != "xla")
     if impl == "xla":
+        choices.note("attention", "xla", fallback)
         return blockwise_attention(q, k, v, causal=causal, segment_ids=segment_ids, q_positions=q_positions,
                                    kv_positions=kv_positions, sliding_window=sliding_window)
     if impl == "pallas":
         kernel_platform, interpret = pallas_target(platform)
+        choices.note("attention", choices.pallas_name(kernel_platform, interpret))
         kernel = functools.partial(pallas_attention.flash_attention, causal=causal, platform=kernel_platform,
                                    interpret=interpret, sliding_window=sliding_window)
     else:
+        choices.note("attention", "cudnn")
         window = None if sliding_window is None else (sliding_window - 1, 0)  # (left, right) keys, own excluded
         kernel = functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn",
                                    local_window_size=window)
@@ -172,6 +182,20 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = True,
                          (QKV_AXES,) * 3 + (SEGMENT_AXES,) * 2, QKV_AXES)
 
 
+def _attention_fallback(impl: str, q, k, segment_ids, causal: bool, explicit: bool) -> tuple[str, str]:
+    """(impl that runs, why it differs from `impl`): explicit positions take XLA on every impl; jax.nn's
+    cuDNN call has no float32 kernel, no segment ids and no bottom-right causal mask."""
+    if explicit and impl != "xla":
+        return "xla", "explicit positions"
+    if impl == "cudnn" and q.dtype == jnp.float32:
+        return "xla", "cuDNN has no float32 attention"
+    if impl == "cudnn" and segment_ids is not None:
+        return "xla", "cuDNN through jax.nn takes no segment ids"
+    if impl == "cudnn" and causal and q.shape[1] != k.shape[1]:
+        return "xla", "cuDNN's causal mask is top-left"
+    return impl, ""
+
+
 # Query lengths up to this attend to the cache directly (scores O(T·S)); longer ones (a prompt
 # prefilled against the cache) take `attention`'s blockwise path, O(T·block).
 CACHED_QUERIES = 16
@@ -182,10 +206,11 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.
     """q (B, T, Hq, D) at q_positions (B, T) against a KV cache k/v (B, Hkv, S, D), head-major, slot s
     holding position s -> (B, T, Hq, D). Every impl runs XLA here (see `attention` on explicit
     positions); a decode step reads the cache in its stored layout, with no transpose."""
-    resolve_impl(impl, "attention")  # checks the name
+    asked = resolve_impl(impl, "attention")
     if sliding_window is not None and sliding_window < 1:
         raise JaxlmError(f"attention: sliding_window {sliding_window} needs a window >= 1")
     if q.shape[1] <= CACHED_QUERIES:
+        choices.note("attention", "xla", "" if asked == "xla" else "queries against the KV cache")
         if target_platform() == "cpu" and q.dtype != jnp.float32:
             # XLA:CPU has no batched bf16 x bf16 -> f32 dot ("Unsupported element type for DotThunk");
             # it would upcast a bf16 dot anyway.

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 import kernels_pallas.qmatmul as pallas_qmatmul
+from jaxlm.ops import choices
 from jaxlm.ops.dispatch import as_jaxlm_error, pallas_target, resolve_impl, target_platform
 from jaxlm.ops.sharded import per_shard
 
@@ -34,12 +35,15 @@ def quantized_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax
     impl = resolve_impl(impl, "qmatmul")
     x = x.astype(dtype)
     if bits not in pallas_qmatmul.SUPPORTED_BITS:
+        choices.note("qmatmul", "xla", f"no {bits}-bit kernel" if impl == "pallas" else "")
         return pallas_qmatmul.qmatmul_reference(x, codes, scale, zero, bits=bits, out_dtype=dtype)
     if impl != "pallas":
+        choices.note("qmatmul", "xla")
         if target_platform() == "cpu":
             return pallas_qmatmul.qmatmul_streamed(x, codes, scale, zero, bits=bits, out_dtype=dtype)
         return pallas_qmatmul.qmatmul_reference(x, codes, scale, zero, bits=bits, out_dtype=dtype)
     platform, interpret = pallas_target()
+    choices.note("qmatmul", choices.pallas_name(platform, interpret))
     kernel = functools.partial(pallas_qmatmul.qmatmul, bits=bits, platform=platform, interpret=interpret,
                                out_dtype=jnp.dtype(dtype))
     x_axes = ("batch",) + (None,) * (x.ndim - 1)

@@ -231,7 +231,7 @@ def _pad_seq(x, length: int):
     return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
 
 
-def build(forward: Forward, backward: Backward, default_blocks: Callable[[int], tuple[int, int]],
+def build(forward: Forward, backward: Backward, default_blocks: Callable[[int, int], tuple[int, int]],
           min_block: int):
     """A platform's kernels -> flash_attention(q, k, v, ...) with padding and a custom VJP."""
 
@@ -263,7 +263,7 @@ def build(forward: Forward, backward: Backward, default_blocks: Callable[[int], 
         if sliding_window is not None and (not causal or sliding_window < 1):
             raise ValueError(f"flash_attention: sliding_window {sliding_window} needs causal=True and >= 1")
         t, s, d = q.shape[1], k.shape[1], q.shape[3]
-        dq_, dk_ = default_blocks(d)
+        dq_, dk_ = default_blocks(d, q.dtype.itemsize)
         bq = pick_block(block_q or dq_, t, min_block)
         bk = pick_block(block_k or dk_, s, min_block)
         for name, blk in (("block_q", bq), ("block_k", bk)):

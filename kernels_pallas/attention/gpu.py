@@ -23,9 +23,13 @@ from kernels_pallas.attention import common
 MIN_BLOCK = 16  # smallest tile side Triton's dot accepts
 
 
-def default_blocks(head_dim: int) -> tuple[int, int]:
-    """(block_q, block_k) for the forward pass. 128 x 64 keeps a 128-wide q tile, the f32
-    accumulator and one k/v tile in registers for head_dim <= 128 with 4 warps."""
+def default_blocks(head_dim: int, itemsize: int) -> tuple[int, int]:
+    """(block_q, block_k). 128 x 64 keeps a 128-wide q tile, the f32 accumulator and one k/v tile in
+    registers for head_dim <= 128 with 4 warps. In float32 a 128-wide (padded) head needs twice the
+    shared memory: 128 x 64 asks for 354 KiB (over an H100's 227 KiB per block, as XLA's GPU compiler
+    reports; tests/test_gpu_compile.py), 64 x 64 fits an A100's 163 KiB too."""
+    if itemsize >= 4 and pl.next_power_of_2(head_dim) >= 128:
+        return 64, 64
     return 128, 64
 
 

@@ -26,7 +26,7 @@ MIN_BLOCK = 128  # lane width: smaller key blocks would make (block_q, block_k) 
 LANES, SUBLANES = 128, 8
 
 
-def default_blocks(head_dim: int) -> tuple[int, int]:
+def default_blocks(head_dim: int, itemsize: int) -> tuple[int, int]:
     """(block_q, block_k): 512 x 512 fills the MXU and keeps the pipeline's VMEM use ~ a few MiB."""
     return 512, 512
 
