@@ -89,11 +89,9 @@ def largest_batch(config: str, gpu: str, impl: str, seq: int, extra: list[str], 
 
 
 def _usable_gib(gpu: str) -> float:
-    from jaxlm.aot.gpu import JAX_MEM_FRACTION, _memory_by_kind, _target_config
-    import re
+    from jaxlm.aot.gpu import usable_bytes  # lazy: loads JAX; the compiles run in their own processes
 
-    kind = re.search(r'device_description_str: "([^"]+)"', _target_config(gpu))[1]
-    return _memory_by_kind()[kind] * JAX_MEM_FRACTION / 2 ** 30
+    return usable_bytes(gpu) / 2 ** 30
 
 
 def main() -> None:

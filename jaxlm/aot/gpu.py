@@ -68,18 +68,23 @@ def _memory_by_kind() -> dict[str, int]:
     return sizes
 
 
+def _mem_fraction() -> float:
+    return float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", JAX_MEM_FRACTION))
+
+
+def usable_bytes(chip: str) -> int:
+    """What JAX's allocator gives a program on one GPU of `chip` ("h100"): memory x the client's fraction."""
+    return int(int(re.search(r"device_memory_size: (\d+)", _target_config(chip))[1]) * _mem_fraction())
+
+
 def gpu_memory_bytes(device) -> int | None:
-    """What JAX's allocator gives a program on this GPU: device memory x the client's memory fraction."""
+    """`usable_bytes` of a compile-only GPU device (None for a GPU without a shipped description)."""
     total = _memory_by_kind().get(getattr(device, "device_kind", ""))
-    if total is None:
-        return None
-    fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", JAX_MEM_FRACTION))
-    return int(total * fraction)
+    return None if total is None else int(total * _mem_fraction())
 
 
 def gpu_memory_note(device) -> str:
     """How the usable memory of `gpu_memory_bytes` was reached, for the compile report."""
-    total = _memory_by_kind()[device.device_kind]
-    fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", JAX_MEM_FRACTION))
+    total, fraction = _memory_by_kind()[device.device_kind], _mem_fraction()
     return (f"usable per GPU: {total * fraction / 2 ** 30:.2f} GiB, {fraction:.0%} of its {total / 2 ** 30:.2f} GiB "
             f"(JAX's allocator share, XLA_PYTHON_CLIENT_MEM_FRACTION)")
