@@ -346,9 +346,48 @@ def hf_only_lm_head(base, tmp):  # the tied-head comparison used to read the mis
     (tmp / "hf" / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 36)
 
 
+# post-training chat data (jaxlm.posttrain)
+def _chat_file(tmp, records):
+    (tmp / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+_USER = {"role": "user", "content": "Continue this speech by ROMEO: But soft"}
+
+
+def chat_no_assistant(base, tmp):
+    _chat_file(tmp, [{"messages": [_USER]}])
+
+
+def chat_unknown_role(base, tmp):
+    _chat_file(tmp, [{"messages": [_USER, {"role": "ghost", "content": "Remember me."}]}])
+
+
+def chat_sft_records(base, tmp):
+    _chat_file(tmp, [{"messages": [_USER, {"role": "assistant", "content": "What light breaks?"}]}])
+
+
+def chat_pairs(base, tmp):
+    _chat_file(tmp, [{"prompt": "Speak.", "chosen": "What light breaks?", "rejected": "Out, damned spot!"}])
+
+
+def chat_identical_pairs(base, tmp):
+    _chat_file(tmp, [{"prompt": "Speak.", "chosen": "Out, spot!", "rejected": "Out, spot!"}] * 3)
+
+
 TRAIN = "train {base}/tiny.yaml --set train.out_dir={tmp}/new"
 SRC = "--set 'data.sources=[{{path: {tmp}/corpus}}]'"
+CHAT = TRAIN + " --set posttrain.train_data={tmp}/chat.jsonl --set posttrain.chat_template=bundled:chat/turns.jinja"
+SFT, DPO = CHAT + " --set posttrain.objective=sft", CHAT + " --set posttrain.objective=dpo --set train.init_from={base}/run"
 CASES = [
+    # post-training chat data: every check before the first write
+    ("train-sft-no-assistant-turn", SFT, chat_no_assistant, "record 1 has no assistant turn"),
+    ("train-sft-unknown-role", SFT, chat_unknown_role, "unknown role 'ghost'"),
+    ("train-sft-no-chat-template", SFT.replace(" --set posttrain.chat_template=bundled:chat/turns.jinja", ""),
+     chat_sft_records, "no chat template.*set posttrain.chat_template"),
+    ("train-dpo-chosen-identical", DPO, chat_identical_pairs, r"chosen identical to rejected \(3 dropped\)"),
+    ("train-dpo-no-reference", CHAT + " --set posttrain.objective=dpo", chat_pairs, "needs a reference model"),
+    ("train-sft-preference-file", SFT, chat_pairs, "is a preference file"),
+    ("train-dpo-sft-file", DPO, chat_sft_records, "is not a preference file"),
     # config values and files
     ("nan-lr", TRAIN + " --set train.lr=.nan", None, "finite"),
     ("inf-lr", TRAIN + " --set train.lr=.inf", None, "finite"),

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # From the bottom. A package may import only packages listed before it.
 LAYERS = ["errors", "fields", "outputs", "host_malloc", "assets", "parallel", "torch", "kernels_pallas", "ops", "tokenizer", "data",
-          "model", "quant", "lora", "variants", "config", "checkpoint", "training", "inference", "eval", "aot",
+          "model", "quant", "lora", "variants", "posttrain", "config", "checkpoint", "training", "inference", "eval", "aot",
           "convert", "cli"]
 
 

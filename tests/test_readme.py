@@ -24,6 +24,8 @@ from cli_helpers import REPO, cli_env
 
 FAST_TRAIN = ["--set", "train.steps=2", "--set", "model.num_layers=2", "--set", "train.batch_size=2",
               "--set", "train.seq_len=32", "--set", "train.sample_tokens=8", "--set", "checkpoint.every=1"]
+# The bundled chat examples are longer than FAST_TRAIN's rows, and would all be dropped as too long.
+POSTTRAIN_CONFIGS, POSTTRAIN_ROWS = ("sft_plays", "dpo_plays"), ["--set", "train.seq_len=128"]
 PLACEHOLDERS = {"CONFIG": "default", "~/models/Llama-3.2-1B": "hf/tiny"}
 NEEDS_COMPILER = ("compile",)
 
@@ -83,7 +85,7 @@ def test_every_readme_command_runs(tmp_path):
         if argv[0] in NEEDS_COMPILER and _compiler_missing(argv):
             continue  # compiles for a TPU (needs libtpu) or a GPU (JAX's CUDA plugin)
         if argv[0] == "train":
-            argv = argv + FAST_TRAIN
+            argv = argv + FAST_TRAIN + (POSTTRAIN_ROWS if argv[1:2] and argv[1] in POSTTRAIN_CONFIGS else [])
         commands.append({"program": program, "argv": argv,
                          "stdin": "ROMEO:\n" if "--interactive" in argv else None})
     commands += [{"program": "python", "code": code} for code in readme_snippets(text)]

@@ -1,9 +1,11 @@
 """`jaxlm data stats CONFIG`: documents, tokens, filter drops and tokens/s of the data pipeline.
-`jaxlm data prepare CONFIG --out DIR`: tokenize and pack data.sources once; train with data.prepared=DIR."""
+`jaxlm data prepare CONFIG --out DIR`: tokenize and pack data.sources once; train with data.prepared=DIR.
+`jaxlm data chat-example [--out DIR]`: the bundled SFT / DPO example (jaxlm.posttrain.example)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from jaxlm.cli.common import add_config_args, positive_int
 from jaxlm.config import load_run_config
@@ -27,6 +29,19 @@ def register(sub) -> None:
     pr.add_argument("--out", required=True, help="the folder to write (refused if it exists, unless --overwrite)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     pr.set_defaults(func=run_prepare)
+    ce = dsub.add_parser("chat-example", help="write the bundled post-training example (SFT conversations and "
+                                              "DPO pairs from the bundled plays, with held-back splits)")
+    ce.add_argument("--out", default="runs/chat_data", help="output folder (default: runs/chat_data, where "
+                                                             "configs/sft_plays.yaml and dpo_plays.yaml read it)")
+    ce.set_defaults(func=run_chat_example)
+
+
+def run_chat_example(args) -> int:
+    from jaxlm.posttrain.example import build  # lazy: keeps `jaxlm --help` fast
+
+    for name, count in build(Path(args.out)).items():
+        print(f"{args.out}/{name}.jsonl: {count:,} records")
+    return 0
 
 
 def run_prepare(args) -> int:

@@ -35,10 +35,11 @@ def run_export(args) -> int:
     from jaxlm.checkpoint.locate import locate
     from jaxlm.checkpoint.lora_merged import load_lora_model
     from jaxlm.convert.peft import export_peft
-    inputs = [args.ckpt, locate(args.ckpt)[0]]
+    config_dir = locate(args.ckpt)[0]  # config.yaml and the tokenizer
+    inputs = [args.ckpt, config_dir]
     check_output(args.out, overwrite=args.overwrite, inputs=inputs)  # before loading the model
     run_cfg, model = load_lora_model(args.ckpt)
     out = export_peft(model, run_cfg.lora, args.out, base_model=args.base_model, overwrite=args.overwrite,
-                      inputs=inputs)
+                      inputs=inputs, tokenizer_from=config_dir)
     print(f"wrote PEFT adapter {out}")
     return 0

@@ -48,6 +48,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+# Post-training metrics (TRL's names), drawn when metrics.jsonl has them (jaxlm.training.objectives).
+POSTTRAIN_PANELS = [
+    ("rewards.png", [("rewards/chosen", "chosen"), ("rewards/rejected", "rejected"), ("rewards/margins", "margin"),
+                     ("val_rewards/margins", "validation margin")], "implicit reward (beta x log-ratio)"),
+    ("reward_accuracy.png", [("rewards/accuracies", "training"), ("val_rewards/accuracies", "validation")],
+     "reward accuracy"),
+    ("token_accuracy.png", [("mean_token_accuracy", "assistant tokens")], "token accuracy"),
+]
+
+
 def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     # lazy: keeps `jaxlm --help` fast (matplotlib takes half a second to import)
     import matplotlib
@@ -64,10 +74,19 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     pngs = {}
     panels = [("loss.png", [("loss", "training loss")], "loss (nats/token)"),
               ("throughput.png", [("tokens_per_s", "tokens/s")], "tokens/s")]
+    for name, series, ylabel in POSTTRAIN_PANELS:  # only the post-training runs that logged them
+        if any(r.get(series[0][0]) is not None for r in records):
+            panels.append((name, series, ylabel))
     for name, series, ylabel in panels:
         fig, ax = plt.subplots(figsize=(7, 4))
         for key, label in series:
+            if key.startswith("val_"):  # logged at validation steps only: points
+                points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+                ax.plot(*(zip(*points) if points else ([], [])), marker="o", label=label)
+                continue
             ax.plot(steps, [r.get(key) if r.get(key) is not None else float("nan") for r in records], label=label)
+        if len(series) > 1:
+            ax.legend()
         if name == "loss.png" and any(r.get("val_loss") is not None for r in records):
             val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
             ax.plot(*zip(*val), marker="o", label="validation loss")

@@ -12,6 +12,7 @@ from jaxlm.data.config import DataConfig
 from jaxlm.errors import ConfigError
 from jaxlm.fields import bounded, check_fields
 from jaxlm.model.config import ModelConfig
+from jaxlm.posttrain.config import PostTrainConfig
 from jaxlm.lora.config import LoraConfig
 from jaxlm.quant.config import QuantConfig
 
@@ -26,6 +27,7 @@ class RunConfig:
     mesh: MeshConfig = MeshConfig()
     quant: QuantConfig = QuantConfig()
     lora: LoraConfig = LoraConfig()
+    posttrain: PostTrainConfig = PostTrainConfig()  # sft / dpo / simpo on chat data (default: pretraining)
 
     def __post_init__(self):
         check_fields(self)

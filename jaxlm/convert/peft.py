@@ -16,6 +16,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jaxlm.convert.family import family_for_model
+from jaxlm.convert.to_hf import write_tokenizer
 from jaxlm.errors import JaxlmError
 from jaxlm.lora.adapters import LoraWeight, lora_weights
 from jaxlm.lora.config import TARGETS, LoraConfig
@@ -52,9 +53,11 @@ def peft_tensors(model, family=None) -> tuple[dict[str, np.ndarray], list[str]]:
 
 
 def export_peft(model, lora_cfg: LoraConfig, out: str | Path, base_model: str = "", overwrite: bool = False,
-                inputs: list[str | Path] = ()) -> Path:
+                inputs: list[str | Path] = (), tokenizer_from: str | Path | None = None) -> Path:
     """Write out/adapter_config.json and out/adapter_model.safetensors (atomically: temp dir + rename);
-    `out` must not overlap `inputs` (the run the adapters come from)."""
+    `out` must not overlap `inputs` (the run the adapters come from). tokenizer_from: the run's folder, whose
+    tokenizer is written beside the adapter for AutoTokenizer (its tokenizer_config.json carries the chat
+    template a post-training run used), as to-hf writes it."""
     out = check_output(out, overwrite=overwrite, inputs=inputs)
     tensors, modules = peft_tensors(model)
     config = {
@@ -66,4 +69,6 @@ def export_peft(model, lora_cfg: LoraConfig, out: str | Path, base_model: str = 
     with output_path(out, checked=True) as tmp:
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_from is not None:
+            write_tokenizer(Path(tokenizer_from), tmp, model.cfg.max_context)
     return out

@@ -92,7 +92,7 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
         generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}
         generation.update(read_json(config_dir / GENERATION_FILE))
         (tmp / GENERATION_FILE).write_text(json.dumps(generation, indent=2))
-        _write_tokenizer(config_dir, tmp, cfg.max_context)
+        write_tokenizer(config_dir, tmp, cfg.max_context)
     return out
 
 
@@ -117,7 +117,7 @@ def _check_saved(reader: ParamReader, plan, params_dir: Path, layered: bool) -> 
             raise JaxlmError(f"{'.'.join(path)}: saved shape {got} but the config implies {shape}")
 
 
-def _write_tokenizer(config_dir: Path, out: Path, model_max_length: int) -> None:
+def write_tokenizer(config_dir: Path, out: Path, model_max_length: int) -> None:
     """The run's tokenizer: its own files (a sentencepiece tokenizer.model at the top, as
     Llama/OpenELM/Phi-3 repos ship it; a tiktoken rank file under original/, as Meta's Llama 3 repos
     ship theirs), then tokenizer.json, tokenizer_config.json and special_tokens_map.json for

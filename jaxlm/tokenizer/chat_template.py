@@ -12,8 +12,10 @@ transformers does.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
+import re
 import traceback
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -23,6 +25,11 @@ from jaxlm.errors import JaxlmError
 # End-of-turn markers of the common chat formats (Llama 3, Phi-3, ChatML, Gemma): a chat stops at
 # whichever of them the template writes and the tokenizer has as a special token.
 END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end|>", "<|im_end|>", "<end_of_turn>", "<|endoftext|>")
+GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
+# While set (render_with_generation_spans), `{% generation %}` bodies render between these two private-use
+# characters, so the caller can find the assistant text that transformers' assistant mask covers.
+_SPAN_MARKS = ("\ue000", "\ue001")
+_MARK_GENERATION: contextvars.ContextVar[bool] = contextvars.ContextVar("mark_generation", default=False)
 
 
 @functools.lru_cache(maxsize=16)
@@ -44,7 +51,8 @@ def compile_template(source: str, origin: str = "the chat template (chat_templat
             return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
 
         def _body(self, caller):
-            return caller()
+            body = caller()
+            return f"{_SPAN_MARKS[0]}{body}{_SPAN_MARKS[1]}" if _MARK_GENERATION.get() else body
 
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
@@ -100,3 +108,24 @@ def render_chat(template: str, messages, special_tokens: Mapping[str, str], add_
 def end_of_turn_ids(template: str, special_tokens: Mapping[str, int]) -> list[int]:
     """Ids of the end-of-turn markers that the template writes."""
     return [special_tokens[t] for t in END_OF_TURN if t in template and t in special_tokens]
+
+
+def render_with_generation_spans(template: str, messages, special_tokens: Mapping[str, str],
+                                 **kwargs) -> tuple[str, list[tuple[int, int]]]:
+    """`render_chat`'s text and the (start, end) character spans of its `{% generation %}` blocks."""
+    if any(m in str(messages) for m in _SPAN_MARKS):
+        raise JaxlmError("a message holds the private-use characters U+E000 / U+E001; remove them")
+    token = _MARK_GENERATION.set(True)
+    try:
+        marked = render_chat(template, messages, special_tokens, **kwargs)
+    finally:
+        _MARK_GENERATION.reset(token)
+    text, spans, start = [], [], None
+    for piece in re.split(f"([{''.join(_SPAN_MARKS)}])", marked):
+        if piece == _SPAN_MARKS[0]:
+            start = sum(map(len, text))
+        elif piece == _SPAN_MARKS[1]:
+            spans.append((start, sum(map(len, text))))
+        else:
+            text.append(piece)
+    return "".join(text), spans

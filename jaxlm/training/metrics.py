@@ -77,8 +77,10 @@ class MetricsLogger:
                 self.tb.add_scalar(f"validation/{k[4:]}" if k.startswith("val_") else f"train/{k}", v, step)
         self.tb.flush()
         mfu_s = f" mfu {record['mfu']:.1%}" if record.get("mfu") is not None else ""
-        if record.get("val_loss") is not None:
+        if record.get("val_ppl") is not None:
             mfu_s += f" val_loss {record['val_loss']:.4f} (ppl {record['val_ppl']:.1f})"
+        elif record.get("val_rewards/accuracies") is not None:  # a preference objective (jaxlm.posttrain)
+            mfu_s += f" val_loss {record['val_loss']:.4f} (reward accuracy {record['val_rewards/accuracies']:.3f})"
         self.bar.write(f"step {step:>6} loss {record['loss']:.4f} grad_norm {record['grad_norm']:.3f} "
                        f"lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s "
                        f"{record['step_time_s'] * 1000:.0f} ms/step{mfu_s}")

@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from jaxlm.errors import ConfigError
 from jaxlm.model import bucketed_tree, stored_tree
 from jaxlm.parallel import param_shardings, rules
+from jaxlm.training.objectives import make_objective
 from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
 from jaxlm.training.state import SplitModel, logical_axes, merge_trees, split_model
 from jaxlm.training.step import BATCH_KEYS, jit_eval_step, jit_train_step, make_eval_step, make_train_step
@@ -35,8 +36,9 @@ class TrainProgram:
     tx: object
     schedule: object
     step_fn: object  # jitted step(state, rest, batch) -> (state, metrics)
-    eval_fn: object  # jitted evaluate(params, rest, batch) -> {"ce", "tokens"} sums (validation)
+    eval_fn: object  # jitted evaluate(state, rest, batch) -> the objective's sums (validation)
     stored: "StoredLayout | None" = None  # set when the model runs padded layer buckets
+    reference: str = "none"  # DPO's reference model: "adapters_off", "frozen_copy" (state["reference"]) or "none"
 
     def for_checkpoint(self, params, opt_state):
         """(params, opt_state) in the layout checkpoints hold: unpadded layers (identity unless bucketed)."""
@@ -55,7 +57,7 @@ class TrainProgram:
 
     @property
     def state_shard(self) -> dict:
-        return {"params": self.p_shard, "opt_state": self.o_shard}
+        return state_shardings(self.p_shard, self.o_shard, self.reference)
 
     def abstract_batch(self, batch_size: int, seq_len: int) -> dict:
         sharding = rules.batch_sharding(self.mesh)
@@ -66,6 +68,8 @@ class TrainProgram:
         """(state, rest, batch) as sharded ShapeDtypeStructs: what `step_fn.lower` takes."""
         state = {"params": with_shardings(self.params_abs, self.p_shard),
                  "opt_state": with_shardings(self.opt_abs, self.o_shard)}
+        if self.reference == "frozen_copy":
+            state["reference"] = state["params"]
         return state, with_shardings(self.rest_abs, self.r_shard), self.abstract_batch(batch_size, seq_len)
 
 
@@ -105,12 +109,29 @@ def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     r_shard = param_shardings(logical_axes(split.rest), rest_abs, mesh)
     tx, schedule = make_optimizer(tc, axes)
     o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
-    step = make_train_step(split, tx, micro_batches=tc.micro_batches, z_loss=tc.z_loss, loss_chunk=tc.loss_chunk)
-    step_fn = jit_train_step(step, mesh, {"params": p_shard, "opt_state": o_shard}, r_shard)
-    eval_fn = jit_eval_step(make_eval_step(split, tc.loss_chunk), mesh, p_shard, r_shard)
+    reference = reference_kind(run_cfg)
+    state_shard = state_shardings(p_shard, o_shard, reference)
+    step = make_train_step(split, tx, micro_batches=tc.micro_batches,
+                           objective=make_objective(run_cfg.posttrain, tc.z_loss, tc.loss_chunk), reference=reference)
+    step_fn = jit_train_step(step, mesh, state_shard, r_shard)
+    evaluate = make_eval_step(split, make_objective(run_cfg.posttrain, 0.0, tc.loss_chunk), reference)
+    eval_fn = jit_eval_step(evaluate, mesh, {k: v for k, v in state_shard.items() if k != "opt_state"}, r_shard)
     stored = stored_layout(run_cfg, mesh, p_shard, o_shard) if run_cfg.model.bucketed else None
     return TrainProgram(mesh, split, params_abs, rest_abs, jax.eval_shape(tx.init, params_abs), p_shard, r_shard,
-                        o_shard, tx, schedule, step_fn, eval_fn, stored)
+                        o_shard, tx, schedule, step_fn, eval_fn, stored, reference)
+
+
+def reference_kind(run_cfg) -> str:
+    """DPO's reference: the base with the adapters off under LoRA (free), else a frozen copy of the starting
+    parameters (one more copy of them; no optimizer state). SimPO and SFT need none."""
+    if run_cfg.posttrain.objective != "dpo":
+        return "none"
+    return "adapters_off" if run_cfg.lora.enabled else "frozen_copy"
+
+
+def state_shardings(p_shard, o_shard, reference: str) -> dict:
+    """The train state's shardings: params and opt_state, and the frozen DPO reference (laid out as params)."""
+    return {"params": p_shard, "opt_state": o_shard, **({"reference": p_shard} if reference == "frozen_copy" else {})}
 
 
 def check_batch(tc, mesh: Mesh, process_count: int, max_context: int) -> None:

@@ -35,6 +35,7 @@ from jaxlm.outputs import refuse_overlap
 from jaxlm.parallel import distributed, make_mesh, rules
 from jaxlm.tokenizer import check_vocab
 from jaxlm.training import compile_cache, run_dir as rd
+from jaxlm.training.chat_data import chat_sources
 from jaxlm.training.memory import check_fits
 from jaxlm.training.metrics import MetricsLogger, mfu, peak_flops_per_device
 from jaxlm.training.program import build_train_program, check_batch
@@ -42,7 +43,7 @@ from jaxlm.training.run_lock import describe_holder, locked_run_dir
 from jaxlm.training.state import drop_like, merge_trees, split_model, take_like
 from jaxlm.training.step import BATCH_KEYS
 from jaxlm.training.stop import StopRequests
-from jaxlm.training.validation import make_validation
+from jaxlm.training.validation import make_validation, rank_value
 from jaxlm.variants import model_for
 
 
@@ -105,6 +106,9 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
     if tokenizer is not None:
         check_vocab(run_cfg.model.vocab_size, tokenizer)  # a mismatch fails now, not mid-run
         check_sample_fits(run_cfg, tokenizer)  # the sample after training: its prompt's tokens too
+    chat_notes = []
+    if run_cfg.posttrain.enabled:  # chat records through the chat template (jaxlm.posttrain)
+        tokenizer, batch_source, eval_source, chat_notes = chat_sources(run_cfg, tokenizer, batch_source, eval_source)
     local_batch = tc.batch_size // pc
     if batch_source is None:
         batches = make_batch_iterator(run_cfg.data, tokenizer, seq_len=tc.seq_len, batch_size=local_batch,
@@ -129,7 +133,7 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
         return RunCheckpoints(out / "checkpoints", run_cfg.checkpoint.every, run_cfg.checkpoint.keep,
                               run_cfg.checkpoint.keep_best, run_cfg.checkpoint.async_save)
 
-    notes: list[str] = []
+    notes: list[str] = list(chat_notes)
     if lock is not None and lock.stale:
         notes.append(f"took over {lock.path} from {describe_holder(lock.stale)}, which is no longer running")
     skipped = getattr(batches, "stats", dict)().get("not_regular_file", 0)  # FIFOs would block the reader
@@ -142,6 +146,7 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
         full, opt_state = program.from_checkpoint(full, opt_state)
         first = None  # the restored data state continues after the batch read for the check
         params, rest = take_like(full, params_abs), drop_like(full, params_abs)
+        reference = _initial_params(run_cfg, p_shard, r_shard)[0] if program.reference == "frozen_copy" else None
         if len(meta["data_state"]) == pc:
             batches.set_state(meta["data_state"][pi])
         elif getattr(batches, "global_state", False):  # prepared rows: one stream for any number of processes
@@ -155,6 +160,8 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
     else:
         params, rest = _initial_params(run_cfg, p_shard, r_shard)
         opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+        reference = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_shard)(params) \
+            if program.reference == "frozen_copy" else None  # DPO's reference: the starting parameters
         rng = jax.random.key_data(jax.random.key(run_cfg.seed)).astype(jnp.uint32)
         step = 0
         ckpt = open_checkpoints()
@@ -162,7 +169,7 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
         if pi == 0:
             rd.write_run_files(out, run_cfg, tokenizer)
 
-        state = {"params": params, "opt_state": opt_state}
+        state = {"params": params, "opt_state": opt_state, **({"reference": reference} if reference is not None else {})}
         if compiled is None and step < tc.steps:  # resumed from an older step than the newest on disk
             compiled, compile_s, cached = compile_step()
 
@@ -202,18 +209,20 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
                 step_time = (time.perf_counter() - window_start) / window_steps
                 last = fetched[-1]
                 tokens_per_s = tc.batch_size * tc.seq_len / step_time
-                val = validation.run(state["params"], rest) if eval_now else {}
+                val = validation.run({k: v for k, v in state.items() if k != "opt_state"}, rest) if eval_now else {}
                 if val:
                     val_losses[step] = val["val_loss"]
                 logger.log({"step": step, "loss": float(last["loss"]), "ce": float(last["ce"]), "z": float(last["z"]),
-                            "grad_norm": float(last["grad_norm"]), "lr": float(program.schedule(step - 1)),
+                            "grad_norm": float(last["grad_norm"]), **_objective_metrics(last),
+                            "lr": float(program.schedule(step - 1)),
                             "tokens_per_s": tokens_per_s, "step_time_s": step_time,
                             "mfu": mfu(flops_per_token, tokens_per_s, jax.device_count(), peak),
                             **val, **({"compile_s": compile_s} if first_log else {})})
                 first_log = False
                 pending.clear()
                 if save_now:
-                    _save(ckpt, program, step, state, rest, data_state, rng, losses[step], val.get("val_loss"))
+                    _save(ckpt, program, step, state, rest, data_state, rng, losses[step], val.get("val_loss"),
+                          rank_value(val) if val else None)
                     last_saved = step
                 window_start, window_steps = time.perf_counter(), 0
         if stopped == "preempted" and last_saved != step:
@@ -232,6 +241,11 @@ def _train(run_cfg, mesh, out: Path, stop: StopRequests, lock, cache, batch_sour
             raise disk_full(out) from None
         raise
     return TrainResult(out, step, losses, val_losses, state["params"], state["opt_state"], stopped)
+
+
+def _objective_metrics(metrics: dict) -> dict:
+    """The step's metrics beyond pretraining's (sft: mean_token_accuracy; dpo / simpo: rewards/..., logps/...)."""
+    return {k: float(v) for k, v in metrics.items() if k not in ("loss", "ce", "z", "grad_norm", "tokens", "finite")}
 
 
 def _first_batch(batches):
@@ -283,15 +297,17 @@ def _check_finite(pending, losses, ckpt, logger, last_saved) -> list[dict]:
     return fetched
 
 
-def _save(ckpt: RunCheckpoints, program, step, state, rest, data_state, rng, loss, val_loss=None) -> None:
+def _save(ckpt: RunCheckpoints, program, step, state, rest, data_state, rng, loss, val_loss=None, rank=None) -> None:
     """The params item holds every nnx.Param (trainable + frozen), the same tree as a model dir's params/,
-    in the stored (unpadded) layout. keep_best ranks by val_loss when the run validates, else by loss."""
+    in the stored (unpadded) layout. keep_best ranks by `rank` (validation.rank_value: the validation loss,
+    or 1 - reward accuracy for preference objectives) when the run validates, else by loss."""
     meta = {"step": step, "rng": [int(x) for x in np.asarray(rng)], "loss": loss,
             "data_state": distributed.allgather_json(data_state)}
     if val_loss is not None:
         meta["val_loss"] = val_loss
-    ckpt.save(step, *program.for_checkpoint(merge_trees(state["params"], rest), state["opt_state"]), meta,
-              loss if val_loss is None else val_loss)
+    if rank is None:
+        rank = loss if val_loss is None else val_loss
+    ckpt.save(step, *program.for_checkpoint(merge_trees(state["params"], rest), state["opt_state"]), meta, rank)
 
 
 def _initial_params(run_cfg, p_shard, r_shard):

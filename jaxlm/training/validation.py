@@ -19,6 +19,7 @@ import numpy as np
 from jaxlm.data import make_eval_iterator
 from jaxlm.errors import ConfigError
 from jaxlm.parallel import distributed
+from jaxlm.training.objectives import PAIR_METRICS
 from jaxlm.training.step import BATCH_KEYS
 
 
@@ -29,22 +30,32 @@ class Validation:
         self.eval_fn = eval_fn
         self.batch_sharding = batch_sharding
 
-    def run(self, params, rest) -> dict[str, float]:
-        """{"val_loss", "val_ppl", "val_tokens"} of one pass with these parameters (every process calls it)."""
+    def run(self, state, rest) -> dict[str, float]:
+        """One pass with `state` ({"params"} and, for a frozen-copy DPO reference, "reference"); every process
+        calls it. Token objectives: {"val_loss", "val_ppl", "val_tokens"}; preference objectives: val_loss and
+        the reward metrics, val_rewards/accuracies ... (keep_best ranks by `rank_value`)."""
         it = self.batches()
-        ce = tokens = 0.0
         try:
             sums = []
             for local in itertools.islice(it, self.num_batches):
                 batch = {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(local[k]))
                          for k in BATCH_KEYS}
-                sums.append(self.eval_fn(params, rest, batch))
-            for s in jax.device_get(sums):
-                ce, tokens = ce + float(s["ce"]), tokens + float(s["tokens"])
+                sums.append(self.eval_fn(state, rest, batch))
+            totals = {k: sum(float(s[k]) for s in jax.device_get(sums)) for k in sums[0]} if sums else {}
         finally:
             _close(it)
-        loss = ce / max(tokens, 1.0)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_tokens": int(tokens)}
+        count = max(totals.get("count", 0.0), 1.0)
+        if "chosen_rewards" in totals:  # a preference objective
+            return {"val_loss": totals["total"] / count, "val_pairs": int(totals["count"]),
+                    **{f"val_{name}": totals[key] / count for name, key in PAIR_METRICS.items()}}
+        loss = totals.get("ce", 0.0) / count
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)), "val_tokens": int(totals.get("tokens", 0))}
+
+
+def rank_value(val: dict) -> float:
+    """What checkpoint.keep_best minimises: 1 - reward accuracy for preference objectives, else the loss."""
+    accuracy = val.get("val_rewards/accuracies")
+    return val["val_loss"] if accuracy is None else 1.0 - accuracy
 
 
 def make_validation(run_cfg, program, batch_sharding, tokenizer, eval_source, local_batch: int) -> Validation | None:
