@@ -25,7 +25,9 @@ from cli_helpers import REPO, cli_env
 FAST_TRAIN = ["--set", "train.steps=2", "--set", "model.num_layers=2", "--set", "train.batch_size=2",
               "--set", "train.seq_len=32", "--set", "train.sample_tokens=8", "--set", "checkpoint.every=1"]
 # The bundled chat examples are longer than FAST_TRAIN's rows, and would all be dropped as too long.
-POSTTRAIN_CONFIGS, POSTTRAIN_ROWS = ("sft_plays", "dpo_plays", "dpo_plays_order"), ["--set", "train.seq_len=128"]
+# Their validation reads one batch here, not the whole held-back set.
+POSTTRAIN_CONFIGS = ("sft_plays", "dpo_plays")
+POSTTRAIN_ROWS = ["--set", "train.seq_len=128", "--set", "train.eval_batches=1"]
 PLACEHOLDERS = {"CONFIG": "default", "~/models/Llama-3.2-1B": "hf/tiny"}
 NEEDS_COMPILER = ("compile",)
 
