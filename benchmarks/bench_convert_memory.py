@@ -6,8 +6,8 @@ Two models, because they stress different paths:
                  holds all 16 layers stacked in memory (ffn.w_in 1 GiB in bf16, 8x the largest HF
                  tensor); model dirs store it per layer
 For each, random weights of the config's shapes (bfloat16 by default) are saved as a jaxlm model dir
-and as a training run's checkpoint, then each conversion runs in a fresh subprocess that reports its own peak RSS (VmHWM); a subprocess
-that only imports the same modules gives the baseline. The round trip is checked leaf by leaf.
+and as a training run's checkpoint, then each conversion runs in a fresh subprocess that reports its own peak RSS
+(VmHWM); a subprocess that only imports the same modules gives the baseline. The round trip is checked leaf by leaf.
 Results go to benchmarks/results/convert.md; the checkpoints are deleted at the end.
 
     python benchmarks/bench_convert_memory.py [--models openelm_1_1b uniform_1b] [--dtype bfloat16]
@@ -43,11 +43,11 @@ def make_checkpoint(name: str, dtype: str, out: Path) -> dict:
     from flax import nnx
 
     from jaxlm.checkpoint import save_model
+    from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
     from jaxlm.config import load_run_config
     from jaxlm.convert.family import family_for_model
     from jaxlm.convert.plan import make_plan
     from jaxlm.model import abstract_model
-    from jaxlm.checkpoint.run_checkpoints import RunCheckpoints
 
     preset, overrides = MODELS[name]
     run_cfg = load_run_config(preset, overrides + [f"model.param_dtype={dtype}"])
@@ -69,7 +69,7 @@ def make_checkpoint(name: str, dtype: str, out: Path) -> dict:
     plan = make_plan(family_for_model(run_cfg.model), run_cfg.model)
     largest_hf = max(int(np.prod(s)) * itemsize for it in plan for s in it.hf_shapes)
     return {"params": sum(x.size for x in leaves), "largest_leaf": max(x.nbytes for x in leaves),
-            "largest_hf": largest_hf, "groups": len(run_cfg.model.layer_groups)}
+            "largest_hf": largest_hf, "groups": len(run_cfg.model.scan_groups)}
 
 
 def peak_rss_of(code: str) -> tuple[float, float]:

@@ -9,7 +9,8 @@ CPU: a transformers LlamaForCausalLM is built with the --size's sizes and jaxlm'
 copied into it (checked by comparing logits before timing). Both sides decode greedily, float32,
 for exactly --new-tokens tokens (no stop token), after one warm-up call (compile time is reported
 apart), interleaved for --rounds rounds with jaxlm's bf16, int8 and int4 engines on the same
-weights; the results file is written only on a quiet machine (benchmarks/quiet.py). Time to first token = one prefill + one sampled token. Decode tokens/s counts the tokens
+weights; the results file is written only on a quiet machine (benchmarks/quiet.py).
+Time to first token = one prefill + one sampled token. Decode tokens/s counts the tokens
 after the first: batch * (N - 1) / (time(N tokens) - time to first token).
 GPU mode needs a GPU and says so otherwise; its weights are random (throughput does not depend on
 their values) and nothing is compared with transformers there.
@@ -27,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quiet  # noqa: E402  (benchmarks/quiet.py)
+
 from jaxlm import host_malloc  # noqa: E402
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quiet  # noqa: E402  (benchmarks/quiet.py)
+
 from jaxlm import host_malloc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ Table: every config x seq x impl (xla: XLA attention and norms; pallas: the Trit
 for two configs: jax.nn's cuDNN attention, which packed training batches send to XLA, as the
 kernel-sites column shows) at per-GPU batch 1, mesh fsdp 8, on H100 and H200. Search (OpenELM-1.1B
 and Llama 3 8B): compile at per-GPU batches 1 and 2, predict the largest batch from the two as if memory
-grew linearly, then double or bisect around the prediction until batch B fits and B + 1 does not. `--resume` reuses the rows already in results/gpu_compile.jsonl.
+grew linearly, then double or bisect around the prediction until batch B fits and B + 1 does not.
+`--resume` reuses the rows already in results/gpu_compile.jsonl.
 
 "Fits" is against the memory JAX's allocator takes by default: 75% of the device
 (XLA_PYTHON_CLIENT_MEM_FRACTION), 59.33 GiB of an H100's 79.11 GiB, 105.75 GiB of an H200's 141.0.

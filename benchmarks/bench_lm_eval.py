@@ -53,10 +53,10 @@ def best_time(fn, runs: int) -> float:
 
 def bench_model(name: str, reqs, runs: int, hf: bool, tmp: Path) -> list[dict]:
     sys.path.insert(0, str(REPO / "tests"))
-    from convert_helpers import save_jaxlm_model
-
     import jaxlm
     from jaxlm.eval import JaxlmLM
+
+    from convert_helpers import save_jaxlm_model
 
     preset, overrides = MODELS[name]
     run_cfg, _ = save_jaxlm_model(tmp / name, preset, overrides + ["model.attention_impl=xla", "model.norm_impl=xla",

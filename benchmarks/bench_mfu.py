@@ -16,7 +16,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -26,9 +25,9 @@ def main() -> None:
     from jaxlm.parallel import make_mesh, param_shardings, rules
     from jaxlm.training.metrics import peak_flops_per_device
     from jaxlm.training.optimizer import make_optimizer, opt_state_shardings
+    from jaxlm.training.program import initial_params
     from jaxlm.training.state import logical_axes, split_model
     from jaxlm.training.step import BATCH_KEYS, jit_train_step, make_train_step
-    from jaxlm.training.trainer import _initial_params
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="openelm_1_1b")
@@ -52,7 +51,7 @@ def main() -> None:
     split, params_abs, _ = split_model(abstract_model(run_cfg.model), run_cfg.lora)
     axes = logical_axes(split.trainable)
     p_shard = param_shardings(axes, params_abs, mesh)
-    params, rest = _initial_params(run_cfg, p_shard, {})
+    params, rest = initial_params(run_cfg, p_shard, {})
     tx, _ = make_optimizer(run_cfg.train, axes)
     o_shard = opt_state_shardings(tx, params_abs, p_shard, mesh)
     step = jit_train_step(make_train_step(split, tx, micro_batches=1, z_loss=1e-4), mesh,

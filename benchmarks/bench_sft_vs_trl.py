@@ -6,7 +6,8 @@ same chat data (the bundled example, `jaxlm data chat-example`), f32, side by si
 
 jaxlm: the jitted step of `posttrain.objective: sft` (packed rows, loss on assistant tokens, AdamW). TRL:
 SFTTrainer with packing (best-fit decreasing, padding-free) and assistant_only_loss on a transformers
-LlamaForCausalLM of the same sizes (gradient checkpointing off: TRL turns it on by default), timed through `trainer.training_step` + its optimizer step (what
+LlamaForCausalLM of the same sizes (gradient checkpointing off: TRL turns it on by default), timed through
+`trainer.training_step` + its optimizer step (what
 `trainer.train()` runs per step, without logging). Both count the real (non-padding) tokens of their
 batches. The sides alternate for --rounds rounds; medians are reported; PyTorch at its best thread count;
 the results file is written only on a quiet machine (benchmarks/quiet.py).
@@ -26,8 +27,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import quiet  # noqa: E402
-from jaxlm.posttrain import example as make_chat_example  # noqa: E402
+
 from jaxlm import host_malloc  # noqa: E402
+from jaxlm.posttrain import example as make_chat_example  # noqa: E402
 
 TEMPLATE = "bundled:chat/turns.jinja"
 
@@ -35,12 +37,11 @@ TEMPLATE = "bundled:chat/turns.jinja"
 def jax_runner(run_cfg, tokenizer, data: str):
     from jaxlm.parallel import make_mesh
     from jaxlm.posttrain.batches import ChatBatches, ChatExamples
-    from jaxlm.training.program import build_train_program
-    from jaxlm.training.trainer import _initial_params
+    from jaxlm.training.program import build_train_program, initial_params
 
     tc = run_cfg.train
     program = build_train_program(run_cfg, make_mesh(1, 1, 1, jax.devices()[:1]))
-    params, rest = _initial_params(run_cfg, program.p_shard, program.r_shard)
+    params, rest = initial_params(run_cfg, program.p_shard, program.r_shard)
     state = {"params": params, "opt_state": jax.jit(program.tx.init)(params)}
     batches = ChatBatches(ChatExamples(run_cfg.posttrain, tokenizer, data, tc.seq_len), tc.batch_size, 0, 0, 1)
 
@@ -68,7 +69,8 @@ def trl_runner(model_cfg, tokenizer_dir: Path, data: str, batch: int, seq: int, 
     spec = model_cfg.layer_specs[0]
     cfg = LlamaConfig(vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.model_dim, intermediate_size=spec.ffn_dim,
                       num_hidden_layers=model_cfg.num_layers, num_attention_heads=spec.num_query_heads,
-                      num_key_value_heads=spec.num_kv_heads, head_dim=model_cfg.head_dim, rms_norm_eps=model_cfg.norm_eps,
+                      num_key_value_heads=spec.num_kv_heads, head_dim=model_cfg.head_dim,
+                      rms_norm_eps=model_cfg.norm_eps,
                       rope_theta=model_cfg.rope_theta, max_position_embeddings=model_cfg.max_context,
                       tie_word_embeddings=model_cfg.tie_embeddings, attention_bias=False, mlp_bias=False)
     torch.manual_seed(0)

@@ -1,7 +1,14 @@
 """Train-step throughput: jaxlm (jitted step) vs PyTorch (transformers LlamaForCausalLM, AdamW, eager).
 
     python benchmarks/bench_train_vs_torch.py [--config tiny_uniform] [--batch 16] [--seq-len 128] [--steps 20]
-        [--dtype float32|bfloat16] [--rounds 3] [--force]
+        [--dtype float32|bfloat16] [--rounds 3] [--torch-compile] [--busy] [--force]
+    python benchmarks/bench_train_vs_torch.py --summary      # every recorded run -> results/train_vs_torch_runs.md
+
+Every run, quiet or not, is appended to results/train_vs_torch.jsonl with its date, load average, thread
+counts and every round, so a figure is quoted as the median over runs on different days and hours, with
+the range, not as the best day (`--summary`). `--torch-compile` adds torch.compile (inductor) on the same
+model as a third side; `--busy` runs a second process spinning on one core throughout, to measure each
+side's loss under contention.
 
 Same architecture (Llama layout: GQA, SwiGLU, RMSNorm, RoPE, tied embeddings), sizes, batch,
 sequence length, float32 and AdamW on both sides; random tokens. Each side runs warm-up steps
@@ -13,6 +20,8 @@ of 1 thread and all cores; the results file is written only on a quiet machine (
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -22,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quiet  # noqa: E402  (benchmarks/quiet.py)
+
 from jaxlm import host_malloc  # noqa: E402
 
 WARM_STEPS = 6
@@ -62,7 +72,7 @@ def jax_runner(run_cfg, batch: int, seq: int):
     return run
 
 
-def torch_runner(model_cfg, batch: int, seq: int, lr: float, dtype: str = "float32"):
+def torch_runner(model_cfg, batch: int, seq: int, lr: float, dtype: str = "float32", compiled: bool = False):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,6 +86,7 @@ def torch_runner(model_cfg, batch: int, seq: int, lr: float, dtype: str = "float
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).float().train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    forward = torch.compile(model) if compiled else model  # inductor: C++ kernels built with the host's g++
     gen = torch.Generator().manual_seed(0)
 
     def run(n: int) -> float:
@@ -83,7 +94,7 @@ def torch_runner(model_cfg, batch: int, seq: int, lr: float, dtype: str = "float
         for _ in range(n):
             x = torch.randint(0, model_cfg.vocab_size, (batch, seq + 1), generator=gen)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                out = model(input_ids=x[:, :-1], labels=None)
+                out = forward(input_ids=x[:, :-1], labels=None)
             loss = torch.nn.functional.cross_entropy(out.logits.float().reshape(-1, cfg.vocab_size),
                                                      x[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -108,8 +119,13 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype of both sides (parameters and AdamW stay float32; torch: CPU autocast)")
     ap.add_argument("--out", default=None, help="results file (default: benchmarks/results/train_vs_torch[_bf16].md)")
+    ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile (inductor) on the model")
+    ap.add_argument("--busy", action="store_true", help="a second process spins on one core while timing")
+    ap.add_argument("--summary", action="store_true", help="summarise every recorded run and exit")
     quiet.add_args(ap)
     args = ap.parse_args()
+    if args.summary:
+        return summary()
     watch = quiet.LoadWatch()
     run_cfg = load_run_config(args.config, ["model.attention_impl=xla", "model.norm_impl=xla",
                                             f"model.compute_dtype={args.dtype}", "model.param_dtype=float32"])
@@ -119,35 +135,131 @@ def main() -> int:
     jrun = jax_runner(run_cfg, args.batch, args.seq_len)
     trun, torch_params = torch_runner(run_cfg.model, args.batch, args.seq_len, run_cfg.train.lr, args.dtype)
     threads = quiet.best_torch_threads(lambda: trun(2), repeats=1)  # torch's warm-up
-    t0 = time.perf_counter()
-    jrun(2)
-    jax_warm = time.perf_counter() - t0
+    sides = {"jaxlm": lambda: jrun(args.steps), "torch": lambda: trun(args.steps)}
+    warm = {"jaxlm": _timed(lambda: jrun(2))}
     jrun(WARM_STEPS - 2)  # the heap settles over the first few steps (jaxlm.host_malloc)
-    times = quiet.interleaved({"jaxlm": lambda: jrun(args.steps), "torch": lambda: trun(args.steps)}, args.rounds)
+    if args.torch_compile:
+        crun, _ = torch_runner(run_cfg.model, args.batch, args.seq_len, run_cfg.train.lr, args.dtype, compiled=True)
+        warm["torch.compile"] = _timed(lambda: crun(2))  # inductor compiles the forward and backward here
+        crun(2)
+        sides["torch.compile"] = lambda: crun(args.steps)
+    busy = _start_busy() if args.busy else None
+    try:
+        times = quiet.interleaved(sides, args.rounds)
+    finally:
+        if busy is not None:
+            busy.terminate()
     watch.stop()
-    tokens = args.batch * args.seq_len * args.steps
-    rate = {k: tokens / quiet.median(v) for k, v in times.items()}
-    ratios = [tj / tt for tj, tt in zip(times["torch"], times["jaxlm"])]
-    lines = [
-        f"# Train step: jaxlm vs PyTorch eager ({args.dtype})", "",
-        f"Command: `{quiet.command()}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
-        f"Hardware: {quiet.hardware()}; jax {jax.__version__} ({jax.default_backend()}), torch "
-        f"{_torch_version()}; {watch.line()}.",
-        f"Model `{args.config}`: jaxlm {param_count(abstract_model(run_cfg.model)):,} parameters, the transformers "
-        f"Llama {torch_params:,}; batch {args.batch} x seq {args.seq_len}, compute {args.dtype}, float32 "
-        f"parameters, AdamW, clipping 1.0. {args.steps} steps per side per round, {args.rounds} rounds "
-        f"interleaved; the median round is reported. torch threads: {threads} (the faster of 1 and all cores); "
-        f"jaxlm compiled its step in {jax_warm:.1f} s (first 2 steps; {WARM_STEPS} warm-up steps not counted).", "",
-        "| framework | tokens/s (median) | ms/step | every round (s) |", "| --- | ---: | ---: | --- |",
-        f"| jaxlm (jax.jit) | {rate['jaxlm']:,.0f} | {1e3 * quiet.median(times['jaxlm']) / args.steps:.0f} "
-        f"| {', '.join(f'{t:.2f}' for t in times['jaxlm'])} |",
-        f"| PyTorch eager (transformers Llama) | {rate['torch']:,.0f} | "
-        f"{1e3 * quiet.median(times['torch']) / args.steps:.0f} | {', '.join(f'{t:.2f}' for t in times['torch'])} |",
-        "", f"**jaxlm / torch: {rate['jaxlm'] / rate['torch']:.2f}x** (per round: "
-            f"{', '.join(f'{r:.2f}x' for r in ratios)}).", ""]
-    suffix = "" if args.dtype == "float32" else "_bf16"
+    record = _record(args, times, watch, threads, warm)
+    _append(RUNS, record)
+    text = _report(args, run_cfg, record, torch_params, param_count(abstract_model(run_cfg.model)))
+    suffix = ("" if args.dtype == "float32" else "_bf16") + ("_busy" if args.busy else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"train_vs_torch{suffix}.md")
-    return quiet.write_results(out, "\n".join(lines), watch, args.force)
+    return quiet.write_results(out, text, watch, args.force)
+
+
+RUNS = Path(__file__).parent / "results" / "train_vs_torch.jsonl"
+# Row names of the results table (experiments/exp_throughput_summary.py reads the first two).
+NAMES = {"jaxlm": "jaxlm (jax.jit)", "torch": "PyTorch eager (transformers Llama)",
+         "torch.compile": "PyTorch torch.compile (inductor)"}
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def _start_busy():
+    """A second process spinning on one core for the whole measurement (the other job on a shared host)."""
+    proc = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True)
+    proc.start()
+    return proc
+
+
+def _record(args, times: dict, watch, torch_threads: int, warm: dict) -> dict:
+    tokens = args.batch * args.seq_len * args.steps
+    # jaxlm's speed over the other side's, round by round: its time over jaxlm's time
+    ratios = {side: [ts / tj for tj, ts in zip(times["jaxlm"], times[side])] for side in times if side != "jaxlm"}
+    return {"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "dtype": args.dtype, "config": args.config,
+            "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "rounds": args.rounds,
+            "busy": bool(args.busy), "load_before": round(watch.before, 2), "load_after": round(watch.after, 2),
+            "cores": quiet.cores(), "quiet": watch.quiet and not args.busy, "torch_threads": torch_threads,
+            "xla_threads": quiet.cores(),  # XLA:CPU's intra-op pool: one thread per core it may use
+            "warm_s": {k: round(v, 2) for k, v in warm.items()},
+            "seconds": {k: [round(t, 4) for t in v] for k, v in times.items()},
+            "tokens_per_s": {k: round(tokens / quiet.median(v), 1) for k, v in times.items()},
+            "ratio_rounds": {k: [round(r, 4) for r in v] for k, v in ratios.items()}}
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"appended this run to {path}")
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{quiet.median(xs):.2f}x (min {min(xs):.2f}, max {max(xs):.2f})"
+
+
+def _report(args, run_cfg, record: dict, torch_params: int, jax_params: int) -> str:
+    times, rates = record["seconds"], record["tokens_per_s"]
+    lines = [
+        f"# Train step: jaxlm vs PyTorch ({args.dtype}{', a busy process beside it' if args.busy else ''})", "",
+        f"Command: `{quiet.command()}` ({record['date']} UTC).",
+        f"Hardware: {quiet.hardware()}; jax {jax.__version__} ({jax.default_backend()}), torch {_torch_version()}; "
+        f"load average {record['load_before']:.2f} before, {record['load_after']:.2f} after (1 min, "
+        f"{record['cores']} cores).",
+        f"Model `{args.config}`: jaxlm {jax_params:,} parameters, the transformers Llama {torch_params:,}; batch "
+        f"{args.batch} x seq {args.seq_len}, compute {args.dtype}, float32 parameters, AdamW, clipping 1.0. "
+        f"{args.steps} steps per side per round, {args.rounds} rounds interleaved; the median round is reported. "
+        f"Threads: torch {record['torch_threads']} (the faster of 1 and all cores, probed before timing), "
+        f"XLA:CPU {record['xla_threads']} (its pool: one per core). Warm-up and compile (s): "
+        + ", ".join(f"{k} {v}" for k, v in record["warm_s"].items()) + ".", "",
+        "| framework | tokens/s (median) | ms/step | every round (s) |", "| --- | ---: | ---: | --- |"]
+    for side, ts in times.items():
+        lines.append(f"| {NAMES[side]} | {rates[side]:,.0f} | {1e3 * quiet.median(ts) / args.steps:.0f} "
+                     f"| {', '.join(f'{t:.2f}' for t in ts)} |")
+    lines.append("")
+    for side, rs in record["ratio_rounds"].items():
+        lines.append(f"**jaxlm / {side}: {_spread(rs)}** over rounds ({', '.join(f'{r:.2f}x' for r in rs)}).")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def summary() -> int:
+    """Every recorded run, and per dtype the median and range over the quiet runs: results/train_vs_torch_runs.md."""
+    runs = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()] if RUNS.exists() else []
+    lines = ["# Train step vs PyTorch: every recorded run", "",
+             f"From `{RUNS.name}` (`python benchmarks/bench_train_vs_torch.py --summary`). A run is quiet when the "
+             f"load average stayed at or below the core count and no busy process ran beside it.", "",
+             "| date (UTC) | dtype | load before / after | quiet | torch threads | jaxlm / torch eager, rounds | "
+             "jaxlm / torch.compile |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        eager = r["ratio_rounds"].get("torch", [])
+        comp = r["ratio_rounds"].get("torch.compile")
+        lines.append(f"| {r['date']} | {r['dtype']}{' (busy)' if r['busy'] else ''} | {r['load_before']:.2f} / "
+                     f"{r['load_after']:.2f} | {'yes' if r['quiet'] else 'no'} | {r['torch_threads']} | "
+                     f"{_spread(eager) if eager else '-'} | {_spread(comp) if comp else '-'} |")
+    lines.append("")
+    for dtype in sorted({r["dtype"] for r in runs}):
+        quiet_runs = [r for r in runs if r["dtype"] == dtype and r["quiet"]]
+        medians = [quiet.median(r["ratio_rounds"]["torch"]) for r in quiet_runs]
+        hours = {r["date"][:13] for r in quiet_runs}
+        if medians:
+            lines.append(f"- {dtype}: median over {len(medians)} quiet runs in {len(hours)} distinct hours: "
+                         f"**{quiet.median(medians):.2f}x** (range {min(medians):.2f}-{max(medians):.2f}x).")
+    text = "\n".join(lines) + "\n"
+    out = RUNS.with_name("train_vs_torch_runs.md")
+    out.write_text(text)
+    print(text)
+    return 0
 
 
 def _torch_version() -> str:

@@ -37,7 +37,7 @@ def compile_step(run_cfg, seq_len: int, batch: int) -> tuple[float, float, int]:
 
 def blocks_compiled(model_cfg) -> int:
     """Distinct scanned blocks of the model in memory (layer buckets included)."""
-    return len(model_cfg.layer_groups)
+    return len(model_cfg.scan_groups)
 
 
 def main() -> None:

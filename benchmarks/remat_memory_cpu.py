@@ -32,7 +32,7 @@ def main() -> None:
             compiled = program.step_fn.lower(*program.abstract_args(4, 1024)).compile()
             temps = compiled.memory_analysis().temp_size_in_bytes / 2**20
             layout = "unrolled" if budget == 0 else f"scan_pad_budget {budget}"
-            print(f"| {layout} | {remat} | {len(model.layer_groups)} | {temps:.1f} |", flush=True)
+            print(f"| {layout} | {remat} | {len(model.scan_groups)} | {temps:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

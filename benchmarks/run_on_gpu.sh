@@ -12,7 +12,7 @@ out="${1:-benchmarks/results/gpu_run}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 { nvidia-smi -L; python -c "import jax; print(jax.devices())"; } 2>&1 | tee "$out/device.txt"
-timeout 300 python experiments/bench_kernels.py --out "$out/kernels.md" 2>&1 | tee "$out/kernels.log"
+timeout 300 python benchmarks/bench_kernels.py --out "$out/kernels.md" 2>&1 | tee "$out/kernels.log"
 timeout 150 python benchmarks/bench_mfu.py --config openelm_1_1b --seq-len 2048 --batch 8 --steps 10 2>&1 \
     | tee "$out/mfu.log"
 timeout 90 python benchmarks/bench_decode.py --gpu --out "$out/decode_gpu.md" 2>&1 | tee "$out/decode.log"

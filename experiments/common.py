@@ -191,7 +191,8 @@ def hardware() -> str:
     import jax
 
     dev = jax.devices()[0]
-    return f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, {platform.machine()}, jax {jax.__version__}"
+    return (f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
+            f"{platform.machine()}, jax {jax.__version__}")
 
 
 def write_text(path: Path, text: str) -> None:

@@ -158,7 +158,8 @@ def main(argv=None) -> int:
 
     def run(label: str, seed: int, data: dict) -> None:
         cfg = common.run_config(MODEL, model=p["model"], seed=seed, data=dict(data, prefetch=2),
-                                train=common.train_settings(p["steps"], p["batch"], p["seq"], work / f"{label}_s{seed}"))
+                                train=common.train_settings(p["steps"], p["batch"], p["seq"],
+                                                            work / f"{label}_s{seed}"))
         r = common.train_with_curve(cfg, held["modern"], p["eval_every"], p["seq"], reuse=not args.toy)
         from jaxlm.checkpoint import load_model
 

@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     for seed in p["seeds"]:
         for m in models:
             cfg = common.run_config(m, model=p["model"], seed=seed,
-                                    train=common.train_settings(p["steps"], p["batch"], p["seq"], work / f"{m}_s{seed}"))
+                                    train=common.train_settings(p["steps"], p["batch"], p["seq"],
+                                                                work / f"{m}_s{seed}"))
             r = common.train_with_curve(cfg, heldout, p["eval_every"], p["seq"], reuse=not args.toy)
             runs[m][seed] = r
             log(f"{m} seed {seed}: final held-back loss {r['curve'][-1][2]:.4f} ({r['seconds']:.0f}s)")
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     final = {m: [runs[m][s]["curve"][-1][2] for s in p["seeds"]] for m in models}
     diffs = [runs[models[0]][s]["curve"][-1][2] - runs[models[1]][s]["curve"][-1][2] for s in p["seeds"]]
     embed = cfgs[models[0]].model.vocab_size * cfgs[models[0]].model.model_dim
-    result = dict(toy=args.toy, models=models, params=p, param_counts=params, embed_params=embed, hardware=common.hardware(),
+    result = dict(toy=args.toy, models=models, params=p, param_counts=params, embed_params=embed,
+                  hardware=common.hardware(),
                   seconds=log.seconds,
                   flops_per_token={m: flops.train_flops_per_token(c.model, p["seq"]) for m, c in cfgs.items()},
                   heldout_tokens=len(heldout), final=final, diff_layerwise_minus_uniform=diffs,
@@ -85,8 +87,10 @@ def markdown(r: dict) -> str:
     wins = sum(d < 0 for d in r["diff_layerwise_minus_uniform"])
     rows = [[f"{m} seed {s}", r["param_counts"][m], f"{r['flops_per_token'][m] / 1e6:.2f}",
              r["curves"][m][s][-1][2], f"{r['train_seconds'][m][s]:.0f}"] for s in p["seeds"] for m in models]
-    lines = [f"# Layerwise vs uniform scaling at equal parameters{' (TOY run: numbers meaningless)' if r['toy'] else ''}",
-             "", "Command: `python experiments/exp_layerwise_vs_uniform.py" + ("" if un == "exp_uniform" else f" --uniform {un}")
+    lines = [f"# Layerwise vs uniform scaling at equal parameters"
+             f"{' (TOY run: numbers meaningless)' if r['toy'] else ''}",
+             "", "Command: `python experiments/exp_layerwise_vs_uniform.py"
+             + ("" if un == "exp_uniform" else f" --uniform {un}")
              + (" --toy" if r["toy"] else "") + "`",
              f"Hardware: {r['hardware']}; whole experiment {r['seconds'] / 60:.1f} min.", "",
              f"Both models trained with `jaxlm.training.train` (AdamW, warm-up + cosine, z-loss) on the bundled "
@@ -114,7 +118,8 @@ def markdown(r: dict) -> str:
                                                   if un == "exp_uniform" else "") + ".",
               "- What it does not show: OpenELM's claim is about ~1B-parameter models trained on ~1.5T tokens; "
               f"these are 1.5M-parameter models ({100 * r['embed_params'] / r['param_counts'][lw]:.0f}% of it the "
-              f"embedding table) trained on {tokens / 1e6:.1f}M tokens of one author, 8 layers whose sizes vary over a small "
+              f"embedding table) trained on {tokens / 1e6:.1f}M tokens of one author, "
+              "8 layers whose sizes vary over a small "
               "absolute range. One learning rate (3e-3, not tuned per model), CPU float32; 'train s' is wall "
               "time on a machine shared with other jobs.", ""]
     return "\n".join(lines) + "\n"

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 import exp_quant_fragility as e3  # noqa: E402
+
+import common  # noqa: E402
 
 NAME = "lora_after_quant"
 REAL = dict(lora_steps=120, lora_rank=8, lora_lr=2e-3, bits=(4, 3, 2), seed=0)
@@ -37,11 +38,12 @@ def main(argv=None) -> int:
     work = common.work_dir(args.work, out, e3.NAME)
     log = common.Clock()
 
+    from quant_study import lora_finetune
+
     from jaxlm.checkpoint import load_model
     from jaxlm.data import make_batch_iterator
     from jaxlm.lora import LoraConfig
     from jaxlm.tokenizer import load_tokenizer
-    from quant_study import lora_finetune
 
     tok = load_tokenizer(common.run_config(e3.MODEL).data.tokenizer)
     heldout = common.text_tokens(tok, common.HELD_OUT, base_p["eval_tokens"])

@@ -166,8 +166,10 @@ def write_markdown(results: dict, path: Path) -> None:
              f"with the same template), 200 held-back prompts | {eot['base']:.3f} | report |",
              f"| the same after SFT (configs/sft_plays.yaml, 150 steps) | {eot['sft']:.3f} | >= 0.95: "
              f"{'met' if eot['sft'] >= 0.95 else 'NOT met'} |",
-             f"| DPO reward accuracy on {acc['pairs']} held-back pairs before DPO (policy = reference, every reward 0) | "
-             f"{acc['before_dpo_strict']:.1f} strict (TRL's >), {acc['before_dpo_ties_half']:.1f} ties as halves | ~0.5 |",
+             f"| DPO reward accuracy on {acc['pairs']} held-back pairs before DPO "
+             "(policy = reference, every reward 0) | "
+             f"{acc['before_dpo_strict']:.1f} strict (TRL's >), "
+             f"{acc['before_dpo_ties_half']:.1f} ties as halves | ~0.5 |",
              f"| held-back pairs whose chosen answer the SFT model already gives the higher log-prob | "
              f"{acc['sft_prefers_chosen']:.3f} | |",
              f"| DPO reward accuracy on the held-back pairs after DPO (configs/dpo_plays.yaml: LoRA r16, beta 0.1, 150 "
@@ -178,11 +180,13 @@ def write_markdown(results: dict, path: Path) -> None:
              f"(`val_rewards/accuracies` {results['last_validation']['dpo']['val_rewards/accuracies']:.3f}).", "",
              "What it shows: SFT teaches the chat format and the stop (every held-back reply ends its turn). DPO moves "
              "the implicit reward the right way on held-back pairs (margin "
-             f"{results['last_validation']['dpo']['val_rewards/margins']:.3f}, accuracy above chance) but far less than "
+             f"{results['last_validation']['dpo']['val_rewards/margins']:.3f}, accuracy above chance) "
+             "but far less than "
              "hoped: the 4.1M-parameter model barely tells the true next line of a speech from a line of another play "
              "(the SFT model prefers the true line for only a minority of pairs), and its training reward accuracy "
              "stays between 0.3 and 0.7 per batch of 16 within the one epoch: under-fitting, not over-fitting.", "",
-             "Last validation: `" + json.dumps(results["last_validation"]) + "`", "", "![curves](posttrain_plays.png)", ""]
+             "Last validation: `" + json.dumps(results["last_validation"]) + "`", "",
+             "![curves](posttrain_plays.png)", ""]
     path.write_text("\n".join(lines))
 
 

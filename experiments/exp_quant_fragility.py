@@ -112,7 +112,8 @@ def markdown(r: dict) -> str:
     short, long = list(toks)
     more = [bits for bits in SCHEMES if s[(long, bits)][0] > s[(short, bits)][0]]
     # "clear": the gap between the budgets' mean increases exceeds the sum of their spreads over seeds
-    clear = [bits for bits in more if s[(long, bits)][0] - s[(short, bits)][0] > s[(long, bits)][1] + s[(short, bits)][1]]
+    clear = [bits for bits in more
+             if s[(long, bits)][0] - s[(short, bits)][0] > s[(long, bits)][1] + s[(short, bits)][1]]
     lines = [f"# Quantization fragility vs training tokens{' (TOY run: numbers meaningless)' if r['toy'] else ''}",
              "", "Command: `python experiments/exp_quant_fragility.py`" + (" --toy" if r["toy"] else ""),
              f"Hardware: {r['hardware']}; whole experiment {r['seconds'] / 60:.1f} min.", "",
@@ -122,7 +123,8 @@ def markdown(r: dict) -> str:
              f"{r['heldout_tokens']:,} held-back tokens; perplexities are exp(mean loss over {n} seed(s)).", ""]
     lines += common.md_table(header, rows)
     lines += ["", "## What it shows", "",
-              f"- The longer-trained model lost relatively more at {', '.join(f'{b} bits' for b in more) or 'no bit width'}"
+              f"- The longer-trained model lost relatively more at "
+              f"{', '.join(f'{b} bits' for b in more) or 'no bit width'}"
               f" (of {', '.join(str(b) for b in SCHEMES)}); the gap exceeds the spread over seeds at "
               f"{', '.join(f'{b} bits' for b in clear) or 'none of them'}. " +
               ("So the Llama 3 study's direction (more training tokens -> more fragile) shows up here"
@@ -148,7 +150,8 @@ def plot(path: Path, r: dict) -> None:
         mean = [100 * s[(budget, b)][0] for b in bits]
         std = [100 * s[(budget, b)][1] for b in bits]
         ax.errorbar(bits, mean, yerr=std, fmt=style, capsize=3,
-                    label=f"{budget}: {r['params']['budgets'][budget] * r['params']['batch'] * r['params']['seq']:,} tokens")
+                    label=(f"{budget}: "
+                           f"{r['params']['budgets'][budget] * r['params']['batch'] * r['params']['seq']:,} tokens"))
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xticks(bits, [str(b) for b in bits])
     ax.invert_xaxis()

@@ -175,7 +175,8 @@ def bench_op(shape: tuple[int, int], reps: int) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = common.parser(__doc__, "a seconds-long run of a 2-layer model (for tests)", work_help=None, seeds=False)
-    ap.add_argument("--models", nargs="*", default=None, help="model configs, batch 1 (default: tiny_layerwise at batch 1 and 8, openelm_270m at 1)")
+    ap.add_argument("--models", nargs="*", default=None,
+                    help="model configs, batch 1 (default: tiny_layerwise at batch 1 and 8, openelm_270m at 1)")
     args = ap.parse_args(argv)
     p = common.settings(args, TOY, REAL)
     if args.models:
@@ -200,7 +201,8 @@ def markdown(r: dict) -> str:
         ref = by[(x["model"], x["batch"], "xla")]
         rows.append([x["model"], f"{x['params'] / 1e6:.1f}M", x["norms_per_token"], x["batch"], x["impl"],
                      f"{x['prefill_tok_s']:.0f}", f"{x['decode_tok_s']:.1f}",
-                     f"{x['prefill_tok_s'] / ref['prefill_tok_s']:.2f}", f"{x['decode_tok_s'] / ref['decode_tok_s']:.2f}",
+                     f"{x['prefill_tok_s'] / ref['prefill_tok_s']:.2f}",
+                     f"{x['decode_tok_s'] / ref['decode_tok_s']:.2f}",
                      f"{100 * x.get('decode_spread', float('nan')):.0f}%"])
     ops_by = {(tuple(x["shape"]), x["impl"]): x["us"] for x in r["ops"]}
     op_rows = [[f"{tuple(x['shape'])}", x["impl"], f"{x['us']:.1f}",
@@ -210,7 +212,8 @@ def markdown(r: dict) -> str:
     pre = [x["prefill_tok_s"] / by[(x["model"], x["batch"], "xla")]["prefill_tok_s"] for x in naive]
     gpu = r["backend"] in ("gpu", "tpu")
     p = r["params"]
-    lines = [f"# Fused vs naive RMSNorm: prefill and decode speed{' (TOY run: numbers meaningless)' if r['toy'] else ''}",
+    lines = [f"# Fused vs naive RMSNorm: prefill and decode speed"
+             f"{' (TOY run: numbers meaningless)' if r['toy'] else ''}",
              "", "Command: `python experiments/exp_rmsnorm_fused.py`" + (" --toy" if r["toy"] else ""),
              f"Hardware: {r['hardware']}; backend {r['backend']}; whole experiment {r['seconds'] / 60:.1f} min.", "",
              f"Generation engine, greedy, prompt {p['prompt']} tokens, {p['new']} new tokens, median of {p['reps']} "
@@ -247,7 +250,8 @@ def plot(path: Path, r: dict) -> None:
         for j, impl in enumerate(impls):
             ax.bar([i + j * width for i in range(len(keys))], [by[(m, b, impl)][metric] for m, b in keys],
                    width=width, label=impl)
-        ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(keys))], [f"{m}\nbatch {b}" for m, b in keys],
+        ax.set_xticks([i + width * (len(impls) - 1) / 2 for i in range(len(keys))],
+                      [f"{m}\nbatch {b}" for m, b in keys],
                       fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("tokens / s")

@@ -73,7 +73,7 @@ ENTRIES = [
      r"prefill ratio", {"model": r"openelm_270m", "batch": r"^1$", "norm": r"naive"},
      (r"prefill tok/s", r"prefill ratio"), "python experiments/exp_rmsnorm_fused.py"),
 ]
-GPU_FILES = ["experiments/results/kernels.md"]  # kernel ratios: only meaningful on a GPU / TPU
+GPU_FILES = ["benchmarks/results/kernels.md"]  # kernel ratios: only meaningful on a GPU / TPU
 MEMORY_MODELS = ("openelm_270m", "phi3_mini_4k", "llama3_8b")
 
 
@@ -185,7 +185,7 @@ def markdown(r: dict) -> str:
     lines += ["", "## GPU / TPU figures", ""]
     lines += [f"- {g['file']}: {g['status']}." for g in r["gpu"]]
     lines += ["- Pallas RMSNorm and flash-attention speed-ups over XLA / cuDNN, and train / decode tokens/s on a "
-              "GPU: unmeasured in this session (no GPU lent); `python experiments/bench_kernels.py` and "
+              "GPU: unmeasured in this session (no GPU lent); `python benchmarks/bench_kernels.py` and "
               "`python experiments/exp_rmsnorm_fused.py` measure them when run on one.", "",
               "## Memory of quantized models (from shapes)", "",
               "`jaxlm.quant.storage_report` of the quantized model structure (`abstract_quantized`, no weights "

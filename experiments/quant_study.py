@@ -3,8 +3,8 @@
     python experiments/quant_study.py            # the real study (~20-30 min on 2 shared CPU cores)
     python experiments/quant_study.py --toy --out /tmp/qs   # seconds; what the test runs
 
-Steps: (1) train a 1.25M-parameter tiny_uniform variant on the bundled corpus with `jaxlm.training.train` (the `jaxlm train`
-path); (2) perplexity on the held-back plays (bundled:corpus/valid) for float32, bf16-rounded
+Steps: (1) train a 1.25M-parameter tiny_uniform variant on the bundled corpus with `jaxlm.training.train` (the
+`jaxlm train` path); (2) perplexity on the held-back plays (bundled:corpus/valid) for float32, bf16-rounded
 weights, and every quantization scheme with round-to-nearest and with GPTQ (Hessians from
 calibration windows of the *training* text); (3) LoRA fine-tuning of the 4-bit RTN model (adapters
 only, base frozen and quantized) and of the float model for the same steps as a control, since
@@ -173,7 +173,8 @@ def main(argv=None) -> int:
         entry = dict(ppl=perplexity(model, heldout, seq), first_loss=losses[0], last_loss=losses[-1])
         if bits is not None:
             q = next(r["ppl"] for r in rows if r["bits"] == bits and r["method"] == "rtn")
-            entry.update(bits=bits, before=q, recovered=(q - entry["ppl"]) / (q - float_ppl) if q != float_ppl else float("nan"))
+            entry.update(bits=bits, before=q,
+                         recovered=(q - entry["ppl"]) / (q - float_ppl) if q != float_ppl else float("nan"))
         lora[name] = entry
         log(f"{name}: ppl {entry['ppl']:.3f}")
     recovered = lora["int4 RTN + LoRA"]["recovered"]
@@ -197,21 +198,24 @@ def write_markdown(path: Path, r: dict) -> None:
              f"(bundled:corpus/valid), windows of {p['seq']}. Hardware: {r['hardware']}; whole study "
              f"{r['seconds'] / 60:.1f} min" + (" (base model reused with --base: not counted)" if r.get("base_reused")
                                               else "") + ".", "",
-             "| weights | method | bits / weight (scales incl.) | perplexity | vs float32 |", "| --- | --- | --- | --- | --- |"]
+             "| weights | method | bits / weight (scales incl.) | perplexity | vs float32 |",
+             "| --- | --- | --- | --- | --- |"]
     for x in r["rows"]:
         lines.append(f"| {x['label']} | {x['method']} | {x['bits_per_weight']:.3f} | {x['ppl']:.3f} | "
                      f"{100 * (x['ppl'] / fl - 1):+.2f}% |")
     lines += ["", "4-bit round-to-nearest, group size and symmetry:", "",
               "| group | symmetric | bits / weight | perplexity |", "| --- | --- | --- | --- |"]
     lines += [f"| {s['group']} | {s['symmetric']} | {s['bits_per_weight']:.3f} | {s['ppl']:.3f} |" for s in r["sweep"]]
-    lines += ["", f"LoRA (rank {p['lora_rank']}, {p['lora_steps']} steps, adapters on qkv/out/w_in/w_out, base frozen):",
+    lines += ["",
+              f"LoRA (rank {p['lora_rank']}, {p['lora_steps']} steps, adapters on qkv/out/w_in/w_out, base frozen):",
               "", "| model | perplexity before | after LoRA | gap to float32 closed | train loss first -> last step |",
               "| --- | --- | --- | --- | --- |"]
     for k, v in r["lora"].items():
         before = f"{v['before']:.3f}" if "before" in v else f"{fl:.3f}"
         closed = f"{v['recovered']:.2f}" if "recovered" in v else "-"
         lines.append(f"| {k} | {before} | {v['ppl']:.3f} | {closed} | {v['first_loss']:.3f} -> {v['last_loss']:.3f} |")
-    lines += ["", "Gap closed = (ppl before - ppl after) / (ppl before - ppl float32): 1 = all of it; negative = worse; "
+    lines += ["",
+              "Gap closed = (ppl before - ppl after) / (ppl before - ppl float32): 1 = all of it; negative = worse; "
               "meaningless when the gap is within noise. Compare with the control row: LoRA on the float model "
               "for the same steps."]
     path.write_text("\n".join(lines) + "\n")

@@ -18,7 +18,6 @@ import sys
 import traceback
 from pathlib import Path
 
-
 # Libraries whose exceptions on a bad file are plain `Exception`s (Orbax) or their own types.
 LIBRARIES = ("/orbax/", "/tensorstore/", "/safetensors/")
 

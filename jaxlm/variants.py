@@ -18,6 +18,9 @@ from jaxlm.lora.adapters import apply_lora
 from jaxlm.lora.config import LoraConfig
 from jaxlm.model import abstract_model, build_model, to_bucketed, to_stored
 from jaxlm.model.config import ModelConfig
+from jaxlm.model.layouts import to_unrolled
+from jaxlm.ops import target_platform
+from jaxlm.ops.policy import policy
 from jaxlm.quant.config import QuantConfig
 from jaxlm.quant.model import is_quantized, quantize_model
 
@@ -28,7 +31,7 @@ def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, a
     leaves when `abstract`), quantized when `quant.enabled` and not quantized yet, then wrapped with
     adapters when `lora.enabled`. A plain model gets model_cfg's layer buckets."""
     plain = is_plain(quant, lora)
-    cfg = model_cfg if plain else model_cfg.stored()
+    cfg = layout_config(model_cfg, quant, lora)
     if base is None:
         model = abstract_model(cfg) if abstract else build_model(cfg, seed=seed)
     else:
@@ -42,15 +45,31 @@ def model_for(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig, *, a
     return model
 
 
+def layout_config(model_cfg: ModelConfig, quant: QuantConfig, lora: LoraConfig) -> ModelConfig:
+    """The architecture in the layout the run's model is built in: model_cfg (with its layer buckets) for a
+    plain model, its stored (unpadded) layout for a quantized or adapted one. The one place that decides;
+    the run config itself keeps what the user wrote."""
+    return model_cfg if is_plain(quant, lora) else model_cfg.stored()
+
+
 def is_plain(quant: QuantConfig, lora: LoraConfig) -> bool:
     """Whether a run's model is a plain float model, the only kind that takes layer buckets."""
     return not (quant.enabled or lora.enabled)
 
 
 def inference_layout(model, run_cfg):
-    """A loaded model (stored layout, as `load_model` returns it) in the layout decode runs: the run's
-    layer buckets for a plain model; a quantized or adapted model keeps its per-layer weights."""
+    """A loaded model (STORED, as `load_model` returns it) in the run's scan groups: the run's layer
+    buckets for a plain model; a quantized or adapted model keeps its per-layer weights."""
     return to_bucketed(model, run_cfg.model) if is_plain(run_cfg.quant, run_cfg.lora) else model
+
+
+def decode_model(model, run_cfg, scanned=None, platform: str | None = None):
+    """A loaded model (STORED) in the layout generation runs on the target platform, made once from STORED:
+    UNROLLED where the platform's policy says so (`jaxlm.ops.policy`: decode_layers), else the run's scan
+    groups (`scanned` when the caller already has them)."""
+    if policy(platform or target_platform()).decode_layers == "unroll":
+        return to_unrolled(model)
+    return scanned if scanned is not None else inference_layout(model, run_cfg)
 
 
 def trainable_filter(lora: LoraConfig):

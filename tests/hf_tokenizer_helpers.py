@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import convert_helpers  # noqa: F401  (offline HF settings)
 from jaxlm.assets import resolve_path
 from jaxlm.tokenizer import LLAMA3_PATTERN
+
+import convert_helpers  # noqa: F401  (offline HF settings)
 
 TRAIN = resolve_path("bundled:corpus/train")
 HELD_BACK = resolve_path("bundled:corpus/valid/as_you_like_it.txt")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inference_util import random_model
 
 import jaxlm
 from jaxlm.assets import resolve_path
@@ -20,7 +21,6 @@ from jaxlm.config import RunConfig, from_dict, load_run_config
 from jaxlm.errors import JaxlmError
 from jaxlm.inference import Engine, LanguageModel, SamplingParams, api, engine as engine_lib
 from jaxlm.model import ModelConfig
-from inference_util import random_model
 
 TOKENIZER = resolve_path("bundled:tokenizer/tokenizer.model")
 TEMPLATE = "bundled:chat/script.jinja"

@@ -9,8 +9,9 @@ import pytest
 
 from jaxlm import ops
 from jaxlm.ops import dispatch
-from kernel_helpers import as_f32, assert_close, value_and_grads
 from kernels_pallas.attention import attention_reference, blockwise_attention
+
+from kernel_helpers import as_f32, assert_close, value_and_grads
 
 BLOCKS = dict(block_q=16, block_k=8)  # small blocks: every case below spans several of each
 

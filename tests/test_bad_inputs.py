@@ -10,8 +10,8 @@ Full-disk cases mount a small tmpfs (root only; skipped with the reason otherwis
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import dataclasses
+import importlib.util
 import json
 import pickle
 import shlex
@@ -42,8 +42,8 @@ def base(tmp_path_factory) -> Path:
 
 def _lora_dir(run: Path, out: Path) -> None:
     from jaxlm.checkpoint import load_model, save_model
-    from jaxlm.lora.config import LoraConfig
     from jaxlm.checkpoint.model_dir import tokenizer_files
+    from jaxlm.lora.config import LoraConfig
     from jaxlm.variants import model_for
 
     run_cfg, model = load_model(run)
@@ -377,7 +377,8 @@ def chat_identical_pairs(base, tmp):
 TRAIN = "train {base}/tiny.yaml --set train.out_dir={tmp}/new"
 SRC = "--set 'data.sources=[{{path: {tmp}/corpus}}]'"
 CHAT = TRAIN + " --set posttrain.train_data={tmp}/chat.jsonl --set posttrain.chat_template=bundled:chat/turns.jinja"
-SFT, DPO = CHAT + " --set posttrain.objective=sft", CHAT + " --set posttrain.objective=dpo --set train.init_from={base}/run"
+SFT, DPO = (CHAT + " --set posttrain.objective=sft",
+            CHAT + " --set posttrain.objective=dpo --set train.init_from={base}/run")
 CASES = [
     # post-training chat data: every check before the first write
     ("train-sft-no-assistant-turn", SFT, chat_no_assistant, "record 1 has no assistant turn"),
@@ -604,7 +605,8 @@ FULL_DISK = [
     ("train", TRAIN.replace("{tmp}/new", "{tmp}/disk/new"), None, None),
     ("to-hf", "convert to-hf --ckpt {base}/run --out {tmp}/disk/hf", None, 64 * 1024),
     ("from-hf", "convert from-hf --hf {base}/hf --out {tmp}/disk/jx", None, 64 * 1024),
-    ("quantize-overwrite", "quantize --ckpt {base}/run --bits 4 --out {tmp}/disk/out --overwrite", "previous", 64 * 1024),
+    ("quantize-overwrite", "quantize --ckpt {base}/run --bits 4 --out {tmp}/disk/out --overwrite",
+     "previous", 64 * 1024),
     ("lora-merge", "lora merge --ckpt {base}/lora --out {tmp}/disk/merged", None, 64 * 1024),
     ("tokenizer", "tokenizer train bundled:corpus/valid --vocab-size 400 --output {tmp}/disk/tok", None, 8192),
     ("plot", "plot {base}/run --out {tmp}/disk/plots", None, 8192),
@@ -667,7 +669,8 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="the probe lines come from libtpu")
-@pytest.mark.parametrize("argv", [["train", "default", "--set", "train.steps=1"], ["generate", "--ckpt", "run", "--prompt", "hi"]])
+@pytest.mark.parametrize("argv", [["train", "default", "--set", "train.steps=1"],
+                                  ["generate", "--ckpt", "run", "--prompt", "hi"]])
 def test_a_tpu_backend_on_a_host_without_one_is_one_line(argv, tmp_path):
     from cli_helpers import cli_env
 

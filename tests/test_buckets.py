@@ -12,15 +12,16 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from train_helpers import tiny_run_config, token_batches
 
 from jaxlm.checkpoint import load_model, save_model
+from jaxlm.checkpoint.metadata import saved_param_shapes
 from jaxlm.config import load_run_config
 from jaxlm.config.run import RunConfig
 from jaxlm.errors import JaxlmError
-from jaxlm.model import ModelConfig, buckets, build_model, bucketed_tree, kv_cache, stored_tree, to_bucketed, to_stored
-from jaxlm.checkpoint.metadata import saved_param_shapes
+from jaxlm.model import ModelConfig, bucketed_tree, buckets, build_model, kv_cache, stored_tree, to_bucketed, to_stored
 from jaxlm.training.trainer import train
+
+from train_helpers import tiny_run_config, token_batches
 
 # OpenELM layerwise scaling, 6 layers: (q, kv, ffn) = (4, 2, 32), (6, 3, 80), (6, 3, 128), (6, 3, 160),
 # (8, 4, 208), (8, 4, 256). Buckets pad kv heads (with their 2 query heads each) and FFN width.
@@ -71,7 +72,7 @@ def test_plan_is_the_fewest_buckets_within_the_budget():
         assert buckets.overhead(got, 64, 8, 64) <= budget + 1e-12
         assert [m for b in got for m in b.members] == list(runs)  # consecutive, in order, all of them
     assert len(cfg.buckets) < len(runs) and cfg.bucketed
-    assert not cfg.stored().bucketed and cfg.stored().layer_groups == runs
+    assert not cfg.stored().bucketed and cfg.stored().scan_groups == runs
     # a layer with G = 4 never shares a bucket with G = 2 ones (a padded query head would see real keys)
     mixed = cfg_(num_query_heads=(2, 2, 4, 4, 4, 8), num_kv_heads=(1, 1, 2, 2, 2, 2), ffn_dim=64, scan_pad_budget=0.9)
     assert [b.count for b in mixed.buckets] == [5, 1]
@@ -82,7 +83,7 @@ def test_shipped_openelm_configs_bucket_within_three_percent(name, most):
     cfg = load_run_config(name).model
     assert cfg.scan_pad_budget == 0.03
     head = 6 * cfg.vocab_size * cfg.model_dim
-    assert len(cfg.layer_groups) <= most < len(cfg.stored_groups)
+    assert len(cfg.scan_groups) <= most < len(cfg.stored_groups)
     assert 0 < buckets.overhead(cfg.buckets, cfg.model_dim, cfg.head_dim, cfg.max_context, head) <= 0.03
 
 
@@ -134,10 +135,10 @@ def test_decode_with_a_bucketed_cache_matches_the_full_forward():
     full = model(tokens)
     cache = kv_cache.init_cache(cfg, 2, 16, jnp.float32)
     assert [c["k"].shape[2] for c in cache] == [b.spec.num_kv_heads for b in cfg.buckets]  # padded kv heads
-    logits, cache = model(tokens[:, :8], positions=jnp.broadcast_to(jnp.arange(8), (2, 8)), cache=cache)
+    logits, cache = model.cached(tokens[:, :8], positions=jnp.broadcast_to(jnp.arange(8), (2, 8)), cache=cache)
     np.testing.assert_allclose(logits, full[:, :8], atol=1e-5)
     for t in range(8, 12):
-        step, cache = model(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
+        step, cache = model.cached(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
 
 
@@ -159,7 +160,8 @@ def test_model_dirs_hold_the_unpadded_layers_bit_exactly(tmp_path):
     # a Hugging Face export of either is the same bytes
     to_hf(tmp_path / "padded", tmp_path / "hf_a")
     to_hf(tmp_path / "plain", tmp_path / "hf_b")
-    a, b = (tmp_path / "hf_a" / "model.safetensors").read_bytes(), (tmp_path / "hf_b" / "model.safetensors").read_bytes()
+    a, b = ((tmp_path / "hf_a" / "model.safetensors").read_bytes(),
+            (tmp_path / "hf_b" / "model.safetensors").read_bytes())
     assert a == b
 
 
@@ -167,13 +169,17 @@ def test_weight_transforms_refuse_a_padded_model_and_runs_with_them_store_unpadd
     from jaxlm.lora import apply_lora
     from jaxlm.lora.config import LoraConfig
     from jaxlm.quant import QuantConfig, quantize_model
+    from jaxlm.variants import layout_config, model_for
 
     model = build_model(cfg_(), seed=0)
     with pytest.raises(JaxlmError, match="stored layout"):
         quantize_model(model, QuantConfig(bits=8))
     with pytest.raises(JaxlmError, match="stored layout"):
         apply_lora(model, LoraConfig(enabled=True, rank=2))
-    assert not RunConfig(model=cfg_(), lora=LoraConfig(enabled=True, rank=2)).model.bucketed
+    # The run's model is built unpadded (jaxlm.variants decides); the config keeps what the user wrote.
+    run_cfg = RunConfig(model=cfg_(), lora=LoraConfig(enabled=True, rank=2))
+    assert run_cfg.model.bucketed and not layout_config(run_cfg.model, run_cfg.quant, run_cfg.lora).bucketed
+    assert not model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, abstract=True).cfg.bucketed
 
 
 def test_training_checkpoints_are_unpadded_and_resume_exactly(tmp_path):

@@ -28,7 +28,8 @@ PHI3_TEMPLATE = (
     "{{'<|user|>' + '\n' + message['content'] + '<|end|>' + '\n' + '<|assistant|>' + '\n'}}"
     "{% elif message['role'] == 'assistant' %}{{message['content'] + '<|end|>' + '\n'}}{% endif %}{% endfor %}")
 # transformers' globals and filters: raise_exception, strftime_now, tojson, loop controls, trim/lstrip blocks.
-EXTRAS_TEMPLATE = """{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system message must come first') }}{% endif %}
+EXTRAS_TEMPLATE = """{% if messages[0]['role'] != 'system' %}{{ raise_exception('a system message must come first') }}\
+{% endif %}
 {% for m in messages %}
   {% if m['role'] == 'tool' %}{% continue %}{% endif %}
   [{{ strftime_now('%Y') }}] {{ m | tojson }}

@@ -5,11 +5,12 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
-from train_helpers import tiny_run_config, token_batches
 
 from jaxlm.checkpoint import load_model
 from jaxlm.errors import JaxlmError
 from jaxlm.training.trainer import train
+
+from train_helpers import tiny_run_config, token_batches
 
 
 def _leaves(tree):

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from cli_helpers import xla_flags
 from flax import nnx
 
 from jaxlm.checkpoint import load_model
 from jaxlm.checkpoint.locate import finished_steps
+
+from cli_helpers import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 20

@@ -8,11 +8,12 @@ from pathlib import Path
 import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
-from train_helpers import tiny_run_config, token_batches
 
 from jaxlm.errors import ConfigError
 from jaxlm.training import compile_cache
 from jaxlm.training.trainer import train
+
+from train_helpers import tiny_run_config, token_batches
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def test_explicit_per_layer_lists():
                                            "model.num_kv_heads=[2,2,4]", "model.ffn_dim=[64,64,128]"]).model
     assert [(s.num_query_heads, s.num_kv_heads, s.ffn_dim) for s in cfg.layer_specs] == [
         (4, 2, 64), (8, 2, 64), (8, 4, 128)]
-    assert [c for _, c in cfg.layer_groups] == [1, 1, 1]  # (4,2,64) != (8,2,64) != (8,4,128)
+    assert [c for _, c in cfg.scan_groups] == [1, 1, 1]  # (4,2,64) != (8,2,64) != (8,4,128)
 
 
 BAD_INPUTS = [
@@ -264,8 +264,8 @@ def test_step_bytes_is_a_lower_bound_of_the_compiled_step():
 def test_a_step_that_cannot_fit_the_host_is_refused(override, lower, monkeypatch):
     import jax
 
-    from jaxlm.parallel import make_mesh
     from jaxlm import errors
+    from jaxlm.parallel import make_mesh
     from jaxlm.training import memory
 
     monkeypatch.setattr(errors, "host_ram_bytes", lambda: 16 * 2 ** 30)

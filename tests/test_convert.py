@@ -249,10 +249,9 @@ def test_failure_mid_export_leaves_nothing(llama_hf, tmp_path, monkeypatch):
                                       ("openelm_1_1b", "openelm"), ("openelm_3b", "openelm")])
 def test_shipped_configs_map_to_hf_and_back(name, fmt):
     """Real sizes: config.json written for each shipped config reads back as the same architecture."""
-    from jaxlm.config import load_run_config
+    from jaxlm.config import from_dict, load_run_config
     from jaxlm.convert.family import family_for_hf, family_for_model
     from jaxlm.model.config import ModelConfig
-    from jaxlm.config import from_dict
 
     cfg = load_run_config(name).model
     family = family_for_model(cfg)

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from jaxlm.assets import ASSETS_DIR
 from jaxlm.data import DataConfig, SourceConfig, make_batch_iterator, make_eval_iterator, packing

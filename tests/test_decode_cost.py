@@ -19,7 +19,7 @@ import pytest
 
 from jaxlm.config import load_run_config
 from jaxlm.inference import cost, engine
-from jaxlm.model.unstack import unstacked
+from jaxlm.model.layouts import to_unrolled
 
 SMALL = ["model.vocab_size=4096", "model.model_dim=512", "model.num_layers=4", "model.head_dim=64",
          "model.num_query_heads=8", "model.num_kv_heads=2", "model.ffn_dim=1536", "model.max_context=512"]
@@ -86,7 +86,7 @@ def test_unstacked_model_gives_the_same_logits_and_one_group_per_layer():
     from jaxlm.model import build_model
 
     model = build_model(load_run_config("tiny_uniform").model)
-    flat = unstacked(model)
+    flat = to_unrolled(model)
     assert len(model.groups) == 1 and len(flat.groups) == model.cfg.num_layers
     tokens = jnp.array([[5, 6, 7, 8, 9, 10]])
     assert float(jnp.max(jnp.abs(model(tokens) - flat(tokens)))) < 1e-4

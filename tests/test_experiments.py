@@ -52,6 +52,7 @@ def test_real_layerwise_and_uniform_configs_are_within_2_percent():
     assert not load_run_config("exp_layerwise").model.uniform and load_run_config("exp_uniform").model.uniform
 
 
+@pytest.mark.slow  # covered: test_quant_model, test_lora (the pieces); test_layerwise_vs_uniform_toy runs the harness
 def test_quant_fragility_then_lora_after_quant_toy(out):
     assert load("exp_quant_fragility").main(["--toy", "--out", str(out)]) == 0
     r = written(out, "quant_fragility")
@@ -63,6 +64,7 @@ def test_quant_fragility_then_lora_after_quant_toy(out):
     assert all(math.isfinite(x["ppl_after"]) for x in r["rows"])
 
 
+@pytest.mark.slow  # covered: test_curate, test_data_sources (phases); test_layerwise_vs_uniform_toy runs the harness
 def test_data_curation_toy(out):
     assert load("exp_data_curation").main(["--toy", "--out", str(out), "--data-root", str(TOY_CORPUS)]) == 0
     r = written(out, "data_curation")

@@ -45,9 +45,11 @@ MODELS = {  # name -> (preset, overrides, seed)
                                         "model.rope_scaling.original_max_position=16", "model.max_context=128"], 2),
     "phi3": ("tiny_uniform", SMALL + ["model.name=phi3_tiny", "model.num_query_heads=4", "model.num_kv_heads=4"], 3),
     "phi3_long": ("tiny_uniform", SMALL + ["model.name=phi3_long", "model.num_query_heads=4", "model.num_kv_heads=4",
-                                           "model.rope_scaling.type=longrope", f"model.rope_scaling.short_factor={SHORT}",
+                                           "model.rope_scaling.type=longrope",
+                                           f"model.rope_scaling.short_factor={SHORT}",
                                            f"model.rope_scaling.long_factor={LONG}", "model.max_context=256",
-                                           "model.rope_scaling.original_max_position=32", "model.sliding_window=200"], 4),
+                                           "model.rope_scaling.original_max_position=32",
+                                           "model.sliding_window=200"], 4),
     "openelm": ("tiny_layerwise", ["model.model_dim=64", "model.num_layers=3", "model.head_dim=16"], 5),
 }
 LLAMA_KEYS = {f"llama.{k}" for k in (
@@ -167,7 +169,8 @@ def test_rope_tensors_and_openelm_per_layer_metadata(built):
     fields, tensors = fields_of(built["phi3_long"][1])
     np.testing.assert_allclose(tensors["rope_factors_long.weight"].data, [1.5 + 0.25 * i for i in range(8)], rtol=1e-7)
     assert fields["phi3.rope.scaling.original_context_length"] == 32 and fields["phi3.attention.sliding_window"] == 200
-    assert math.isclose(fields["phi3.rope.scaling.attn_factor"], math.sqrt(1 + math.log(8) / math.log(32)), rel_tol=1e-6)
+    assert math.isclose(fields["phi3.rope.scaling.attn_factor"], math.sqrt(1 + math.log(8) / math.log(32)),
+                        rel_tol=1e-6)
     fields, tensors = fields_of(built["openelm"][1])
     cfg = load_run_config(*MODELS["openelm"][:2]).model
     assert fields["openelm.attention.head_count"] == [s.num_query_heads for s in cfg.layer_specs]
@@ -329,8 +332,9 @@ def test_llama_cpp_logits_equal_jaxlm(built, name):
 
 @needs_llama_cpp
 def test_llama_cpp_greedy_generation_equals_jaxlm(built):
-    import jaxlm as jx
     from llama_cpp import Llama
+
+    import jaxlm as jx
 
     model_dir, path = built["llama3"]
     prompt = text_batch(1, 16)[0].tolist()
@@ -465,6 +469,7 @@ def test_smollm2_llama_cpp_tokens_and_f32_logits_equal_jaxlm(smollm2, tmp_path):
     assert diff <= TOL, diff
 
 
+@pytest.mark.slow  # covered: test_jaxlm_quantized_models_are_written_from_their_codes, test_llama_cpp_logits_*
 @needs_smollm2
 @needs_llama_cpp
 def test_smollm2_quantized_perplexity_in_llama_cpp(smollm2, tmp_path):

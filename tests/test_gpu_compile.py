@@ -86,6 +86,7 @@ def test_auto_on_a_gpu_mesh_picks_triton_attention_and_reports_the_cudnn_fallbac
     with choices.recording() as sites:
         train_program(cudnn, make_mesh(4, 1, 1, h100))
     assert [c.fallback for c in sites if c.op == "attention"] == ["cuDNN through jax.nn takes no segment ids"]
+    assert "attention xla [cuDNN through jax.nn takes no segment ids] x1" in choices.summary(sites)  # the report line
 
 
 @needs_cuda_plugin

@@ -9,8 +9,7 @@ import json
 import pytest
 
 from convert_helpers import save_jaxlm_model
-from hf_tokenizer_helpers import (LLAMA3_SPECIALS, TRAIN, held_back_lines, save_fast_tokenizer, tiny_llama,
-                                  train_bpe)
+from hf_tokenizer_helpers import LLAMA3_SPECIALS, TRAIN, held_back_lines, save_fast_tokenizer, tiny_llama, train_bpe
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torch")
@@ -110,6 +109,7 @@ def test_string_apis_add_bos_as_the_tokenizer_does(tmp_path, adds_bos):
     import math
 
     import torch
+
     import jaxlm
 
     backend = train_bpe(LLAMA3_SPECIALS, files=1)

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from inference_util import random_model
 
 from jaxlm.errors import JaxlmError
 from jaxlm.inference import Engine, SamplingParams
 from jaxlm.model import ModelConfig, kv_cache
-from inference_util import random_model
 
 # Layerwise-scaled: every layer has its own query heads, kv heads and FFN width.
 CFG = ModelConfig(name="tiny_lw", vocab_size=97, model_dim=64, num_layers=3, head_dim=16,
@@ -95,10 +95,10 @@ def test_int8_and_bf16_caches_decode_close_to_the_float_model(model):
     def run(state, tokens, dtype):  # prefill 8 tokens, then decode 2 one at a time
         m = nnx.merge(graphdef, state)
         cache = kv_cache.init_cache(CFG, 2, 16, dtype)
-        _, cache = m(tokens[:, :8], positions=jnp.broadcast_to(jnp.arange(8), (2, 8)), cache=cache)
+        _, cache = m.cached(tokens[:, :8], positions=jnp.broadcast_to(jnp.arange(8), (2, 8)), cache=cache)
         steps = []
         for t in range(8, 10):
-            step, cache = m(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
+            step, cache = m.cached(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
             steps.append(step[:, 0])
         return jnp.stack(steps, 1), m(tokens)[:, 8:]
 

@@ -6,6 +6,7 @@ import math
 import jax
 import numpy as np
 import pytest
+from inference_util import random_model
 
 import jaxlm
 from jaxlm.assets import resolve_path
@@ -15,7 +16,6 @@ from jaxlm.config import RunConfig
 from jaxlm.errors import JaxlmError
 from jaxlm.inference import LanguageModel, load
 from jaxlm.model import ModelConfig
-from inference_util import random_model
 
 TOKENIZER = resolve_path("bundled:tokenizer/tokenizer.model")
 CFG = ModelConfig(name="tiny_api", vocab_size=2048, model_dim=64, num_layers=2, head_dim=16,
@@ -94,7 +94,8 @@ def test_perplexity_compiles_windows_no_wider_or_taller_than_the_text(lm, monkey
     batch; a longer one in full windows and a batch of the windows it has; the value is unchanged."""
     shapes = []
     score = lm.scorer._logprobs
-    monkeypatch.setattr(lm.scorer, "_logprobs", lambda state, ids, mask: shapes.append(ids.shape) or score(state, ids, mask))
+    monkeypatch.setattr(lm.scorer, "_logprobs",
+                        lambda state, ids, mask: shapes.append(ids.shape) or score(state, ids, mask))
     short = "Friends, Romans, countrymen."
     n = len(lm.tokenizer.encode_input(short))
     assert n <= 32

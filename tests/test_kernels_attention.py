@@ -4,11 +4,11 @@ XLA reference: output and dq, dk, dv. See kernel_helpers for the tolerances."""
 import jax
 import jax.numpy as jnp
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels_pallas.attention import attention_reference, flash_attention
+
 from kernel_helpers import as_f32, assert_close, value_and_grads
 
 

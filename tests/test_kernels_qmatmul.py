@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from kernel_helpers import assert_close
 from kernels_pallas.qmatmul import check_inputs, dequantize_reference, qmatmul, qmatmul_reference
+
+from kernel_helpers import assert_close
 
 needs_libtpu = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                                   reason="libtpu not installed (pip install -e '.[tpu]'); CI installs it")

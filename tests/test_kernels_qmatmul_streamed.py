@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernel_helpers import assert_close
 from kernels_pallas.qmatmul import qmatmul_reference, qmatmul_streamed
 from kernels_pallas.qmatmul.streamed import chunk_rows
+
+from kernel_helpers import assert_close
 
 # (bits, group or None = per channel, symmetric)
 FORMATS = [(8, None, True), (8, None, False), (8, 64, True), (4, 128, True), (4, None, True), (4, 32, False)]

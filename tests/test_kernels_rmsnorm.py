@@ -7,6 +7,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels_pallas.rmsnorm import rms_norm, rms_norm_reference, rms_norm_residual, rms_norm_residual_reference
+
 from kernel_helpers import as_f32, assert_close
 
 

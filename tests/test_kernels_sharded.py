@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
-from kernel_helpers import assert_close
-from train_helpers import tiny_run_config, token_batches
 
 from jaxlm import ops
 from jaxlm.model import build_model
@@ -16,6 +14,9 @@ from jaxlm.model.config import ModelConfig
 from jaxlm.parallel import make_mesh, param_shardings, use_mesh
 from jaxlm.training.state import logical_axes
 from jaxlm.training.trainer import train
+
+from kernel_helpers import assert_close
+from train_helpers import tiny_run_config, token_batches
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
 BATCH = P(("data", "fsdp"))
@@ -116,6 +117,7 @@ def _model_logits_and_grads(impl: str, mesh, tokens, seg):
     return fn(jax.device_put(pure, shardings), *data)
 
 
+@pytest.mark.slow  # covered: test_train_step_with_pallas_gives_the_xla_losses and the sharded kernel value+grad tests
 def test_sharded_model_matches_xla_logits_and_grads():
     tokens = jax.random.randint(jax.random.key(0), (8, 40), 0, 97)
     seg = jnp.concatenate([jnp.ones((8, 25), jnp.int32), jnp.full((8, 15), 2, jnp.int32)], axis=1)

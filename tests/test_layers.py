@@ -11,9 +11,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # From the bottom. A package may import only packages listed before it.
-LAYERS = ["errors", "fields", "outputs", "host_malloc", "assets", "parallel", "torch", "kernels_pallas", "ops", "tokenizer", "data",
-          "model", "quant", "lora", "variants", "posttrain", "config", "checkpoint", "training", "inference", "eval", "aot",
-          "convert", "cli"]
+LAYERS = ["errors", "fields", "outputs", "host_malloc", "assets", "parallel", "torch", "kernels_pallas", "ops",
+          "tokenizer", "data", "model", "quant", "lora", "variants", "posttrain", "config", "checkpoint", "training",
+          "inference", "serving", "eval", "aot", "convert", "cli"]
 
 
 def _modules() -> dict[str, Path]:

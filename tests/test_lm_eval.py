@@ -36,10 +36,11 @@ PAIRS = [("To be, or not to be,", " that is the question"), ("ROMEO: ", "O, she 
 def models(tmp_path_factory):
     """(jaxlm LanguageModel, JaxlmLM, lm-eval's HFLM on the export, root); max_length 64 so long
     texts roll over several windows."""
+    from lm_eval.models.huggingface import HFLM
+
     import jaxlm
     from jaxlm.convert import to_hf
     from jaxlm.eval import JaxlmLM
-    from lm_eval.models.huggingface import HFLM
 
     root = tmp_path_factory.mktemp("lm_eval")
     save_jaxlm_model(root / "jx", "tiny_uniform", SMALL, seed=2)

@@ -95,9 +95,9 @@ def test_bad_lora_config_and_double_apply():
 def test_lora_training_through_jaxlm_train_then_merge_and_export(tmp_path):
     import dataclasses
 
-    from train_helpers import tiny_run_config, token_batches
-
     from jaxlm.training import train
+
+    from train_helpers import tiny_run_config, token_batches
 
     run_cfg = dataclasses.replace(tiny_run_config(tmp_path / "run", steps=3, checkpoint={"async_save": False}),
                                   lora=LORA)
@@ -133,8 +133,8 @@ def test_peft_export_loads_with_peft_on_the_converted_model(tmp_path):
     from safetensors.numpy import load_file
     from transformers import AutoModelForCausalLM
 
-    from jaxlm.convert.to_hf import to_hf
     from jaxlm.convert.peft import export_peft
+    from jaxlm.convert.to_hf import to_hf
 
     run_cfg = cfg()
     base = build_model(run_cfg.model, seed=3)

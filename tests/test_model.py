@@ -157,10 +157,10 @@ def test_kv_cache_decode_matches_full_forward(layerwise_model):
     full = layerwise_model(tokens)
     cache = kv_cache.init_cache(cfg, 2, 16, jnp.float32)
     pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
-    logits, cache = layerwise_model(tokens[:, :8], positions=pos, cache=cache)
+    logits, cache = layerwise_model.cached(tokens[:, :8], positions=pos, cache=cache)
     np.testing.assert_allclose(logits, full[:, :8], atol=1e-5)
     for t in range(8, 12):
-        step, cache = layerwise_model(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
+        step, cache = layerwise_model.cached(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-4)
 
 

@@ -1,13 +1,13 @@
 """The example notebook runs headless, top to bottom, on a tiny saved model (via JAXLM_CKPT)."""
 
 import nbformat
+from inference_util import random_model
 from nbclient import NotebookClient
 
 from jaxlm.assets import resolve_path
 from jaxlm.checkpoint import save_model
 from jaxlm.config import RunConfig
 from jaxlm.model import ModelConfig
-from inference_util import random_model
 
 CFG = ModelConfig(name="tiny_nb", vocab_size=2048, model_dim=64, num_layers=2, head_dim=16,
                   num_query_heads=(2, 4), num_kv_heads=(1, 2), ffn_dim=(64, 128), max_context=256)

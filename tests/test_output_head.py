@@ -14,6 +14,7 @@ from jaxlm.inference import engine as engine_lib
 from jaxlm.model import ModelConfig, build_model
 from jaxlm.model.transformer import project_logits
 from jaxlm.training.loss import chunked_loss_sums, loss_sums
+
 from kernel_helpers import assert_close
 
 Z_LOSS = 1e-2  # large enough that the z term moves the gradient visibly
@@ -118,12 +119,13 @@ def test_prefill_projects_only_the_last_real_token_of_each_row():
     tokens = jax.random.randint(jax.random.key(4), (b, t), 0, cfg.vocab_size)
     lengths = jnp.array([5, 32, 17], jnp.int32)
     knobs = engine_lib.SamplingParams().as_arrays()
-    args = (graphdef, state, tokens, lengths, jnp.full((b, 1), -1, jnp.int32), knobs, jax.random.key(0),
-            jnp.int32(cfg.vocab_size))
-    options = dict(cache_len=48, cache_dtype="float32", greedy=True)
-    jaxpr = jax.make_jaxpr(lambda *a: engine_lib.prefill(*a, **options), static_argnums=0)(*args)
+    sampler = engine_lib.Sampler(jnp.full((b, 1), -1, jnp.int32), knobs, jax.random.key(0),
+                                 jnp.int32(cfg.vocab_size))
+    args = (graphdef, state, tokens, lengths, sampler)
+    options = engine_lib.DecodeOptions(cache_len=48, cache_dtype="float32", greedy=True)
+    jaxpr = jax.make_jaxpr(lambda *a: engine_lib.prefill(*a, options), static_argnums=0)(*args)
     shapes = {tuple(v.aval.shape) for eqn in jaxpr.jaxpr.eqns for v in eqn.outvars}
     assert (b, t, cfg.vocab_size) not in shapes and (b, 1, cfg.vocab_size) in shapes
-    first, _ = engine_lib.prefill(*args, **options)
+    first, _ = engine_lib.prefill(*args, options)
     full = model(tokens)[jnp.arange(b), lengths - 1]
     np.testing.assert_array_equal(first, jnp.argmax(full, axis=-1))

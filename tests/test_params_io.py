@@ -9,13 +9,13 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from jaxlm.checkpoint import load_model, save_model
-from jaxlm.checkpoint import params_io
+from jaxlm.checkpoint import load_model, params_io, save_model
 from jaxlm.checkpoint.locate import locate
-from jaxlm.checkpoint.params_io import ParamReader, ParamWriter, flatten
+from jaxlm.checkpoint.params_io import ParamReader, ParamWriter
 from jaxlm.config import load_run_config
 from jaxlm.errors import JaxlmError
 from jaxlm.model import build_model
+from jaxlm.model.layouts import flatten, per_layer_leaves
 
 
 def flat_params(model) -> dict:
@@ -82,7 +82,7 @@ def test_stacked_model_dir_from_before_still_loads_and_converts(uniform, tmp_pat
 
 def test_writer_batches_and_failed_save_leaves_nothing(uniform, tmp_path, monkeypatch):
     run_cfg, model = uniform
-    leaves = dict(params_io.layer_leaves(flat_params(model)))
+    leaves = dict(per_layer_leaves(flat_params(model)))
     writer = ParamWriter(tmp_path / "p", batch_bytes=1)  # every leaf its own partial save
     writer.put_all(leaves.items())
     writer.close()

@@ -122,4 +122,5 @@ def test_plot_draws_the_post_training_metrics(tmp_path):
                for s in (1, 2)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     names = sorted(p.name for p in plot(tmp_path))
-    assert names == ["loss.png", "reward_accuracy.png", "rewards.png", "throughput.png"]  # no token_accuracy: not logged
+    # no token_accuracy: not logged
+    assert names == ["loss.png", "reward_accuracy.png", "rewards.png", "throughput.png"]

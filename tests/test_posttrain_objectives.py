@@ -44,7 +44,8 @@ def test_dpo_loss_and_gradient_equal_trl(logps, beta, label_smoothing):
             return jnp.mean(preference_loss(chosen - logps["ref_chosen"], rejected - logps["ref_rejected"], beta,
                                             label_smoothing))
 
-        loss, grads = jax.value_and_grad(ours, argnums=(0, 1))(jnp.asarray(logps["chosen"]), jnp.asarray(logps["rejected"]))
+        loss, grads = jax.value_and_grad(ours, argnums=(0, 1))(jnp.asarray(logps["chosen"]),
+                                                               jnp.asarray(logps["rejected"]))
     finally:
         jax.config.update("jax_enable_x64", False)
     ref_loss, ref_chosen_grad, ref_rejected_grad, _, _ = trl_loss(
@@ -69,7 +70,8 @@ def test_simpo_loss_and_rewards_equal_trl(logps):
     chosen, rejected = logps["chosen"] / lengths, logps["rejected"] / (lengths + 3)
     ours = jax.value_and_grad(lambda c: jnp.mean(preference_loss(c - gamma / beta, jnp.asarray(rejected), beta)))(
         jnp.asarray(chosen, jnp.float32))
-    ref_loss, ref_grad, _, ref_chosen_rewards, ref_rejected_rewards = trl_loss(chosen, rejected, beta, 0.0, "simpo", gamma)
+    ref_loss, ref_grad, _, ref_chosen_rewards, ref_rejected_rewards = trl_loss(chosen, rejected, beta,
+                                                                               0.0, "simpo", gamma)
     assert abs(float(ours[0]) - ref_loss) < 1e-6
     np.testing.assert_allclose(np.asarray(ours[1]), ref_grad, atol=1e-6)
     np.testing.assert_allclose(beta * chosen, ref_chosen_rewards, rtol=1e-12)  # rewards: beta * mean log-prob

@@ -15,14 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-from train_helpers import TINY_MODEL
-
 from jaxlm.config import from_dict
 from jaxlm.config.run import RunConfig
 from jaxlm.errors import ConfigError
 from jaxlm.posttrain import example as make_chat_example
 from jaxlm.training.trainer import train
 
+from train_helpers import TINY_MODEL
 
 MODEL = {**TINY_MODEL, "vocab_size": 2048, "max_context": 128}
 TEMPLATE = "bundled:chat/turns.jinja"
@@ -162,7 +161,8 @@ def test_qlora_dpo_holds_one_base(qlora_run, tmp_path):
     assert program.reference == "adapters_off" and set(program.state_shard) == {"params", "opt_state"}
     assert abs(result.losses[1] - math.log(2)) < 1e-6 and result.losses[2] != result.losses[1]
     assert main(["lora", "export", "--ckpt", str(result.run_dir), "--out", str(tmp_path / "adapter")]) == 0
-    assert "{% generation %}" in json.loads((tmp_path / "adapter" / "tokenizer_config.json").read_text())["chat_template"]
+    assert ("{% generation %}"
+            in json.loads((tmp_path / "adapter" / "tokenizer_config.json").read_text())["chat_template"])
 
 
 @pytest.mark.slow
@@ -253,8 +253,9 @@ def test_sigterm_then_resume_equals_uninterrupted(sft_run, chat_data, tmp_path, 
 
     import yaml
 
-    from cli_helpers import cli_env
     from jaxlm.config import to_dict
+
+    from cli_helpers import cli_env
 
     def config(out):
         cfg = to_dict(run_config(out, objective, chat_data[f"{objective}_train"], steps=12, lora=objective == "dpo",
@@ -264,7 +265,8 @@ def test_sigterm_then_resume_equals_uninterrupted(sft_run, chat_data, tmp_path, 
         return [sys.executable, "-m", "jaxlm.cli.main", "train", str(tmp_path / f"{out.name}.yaml")]
 
     env = cli_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
-    proc = subprocess.Popen(config(tmp_path / "stopped"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(config(tmp_path / "stopped"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (tmp_path / "stopped" / "checkpoints" / "3").is_dir():
         time.sleep(0.05)
@@ -294,6 +296,7 @@ def test_openelm_layer_buckets_sft_then_dpo_frozen_copy(chat_data, tmp_path):
 
     sft = bucketed(run_config(tmp_path / "sft", "sft", chat_data["sft_train"], steps=2))
     train(sft, devices=jax.devices()[:1], quiet=True)
-    dpo = bucketed(run_config(tmp_path / "dpo", "dpo", chat_data["dpo_train"], steps=2, init_from=str(tmp_path / "sft")))
+    dpo = bucketed(run_config(tmp_path / "dpo", "dpo", chat_data["dpo_train"], steps=2,
+                              init_from=str(tmp_path / "sft")))
     result = train(dpo, devices=jax.devices()[:1], quiet=True)
     assert abs(result.losses[1] - math.log(2)) < 1e-6 and math.isfinite(result.losses[2])

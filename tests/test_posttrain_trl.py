@@ -11,9 +11,9 @@ import math
 import jax
 import numpy as np
 import pytest
+from test_posttrain_render import LLAMA3_GENERATION
 
 from hf_tokenizer_helpers import LLAMA3_SPECIALS, save_fast_tokenizer, tiny_llama, train_bpe
-from test_posttrain_render import LLAMA3_GENERATION
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -52,7 +52,8 @@ def jaxlm_first_step(root, objective: str, tmp_path) -> dict:
     model = to_dict(load_model(root / "jx")[0].model)
     cfg = from_dict(RunConfig, {
         "model": {**model, "attention_impl": "xla", "norm_impl": "xla"}, "data": {"tokenizer": str(root / "jx")},
-        "train": {"steps": 1, "batch_size": 1, "seq_len": 128 if objective == "sft" else 256, "z_loss": 0.0, "warmup_steps": 0, "log_every": 1,
+        "train": {"steps": 1, "batch_size": 1, "seq_len": 128 if objective == "sft" else 256,
+                  "z_loss": 0.0, "warmup_steps": 0, "log_every": 1,
                   "out_dir": str(tmp_path / objective), "sample_prompt": "", "init_from": str(root / "jx")},
         "mesh": {"data": 1}, "checkpoint": {"async_save": False},
         "posttrain": {"objective": objective, "train_data": str(root / f"{objective}.jsonl"), "beta": 0.1}})

@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from jaxlm.errors import JaxlmError
 from jaxlm.quant import formats
 from jaxlm.quant.formats import Scheme
+
 
 @functools.partial(jax.jit, static_argnums=1)
 def roundtrip(w, scheme):
@@ -40,7 +40,8 @@ def test_quantize_dequantize_error_within_half_step(scheme, seed, log_scale, shi
     # the step is the smallest that covers the range: the bound is not vacuous
     span = (jnp.abs(w) if scheme.symmetric else w).reshape(k // g, g, n)
     levels = (2 ** (scheme.bits - 1) - 1) if scheme.symmetric else scheme.qmax
-    width = span.max(axis=1) if scheme.symmetric else jnp.maximum(span.max(axis=1), 0) - jnp.minimum(span.min(axis=1), 0)
+    width = (span.max(axis=1) if scheme.symmetric
+             else jnp.maximum(span.max(axis=1), 0) - jnp.minimum(span.min(axis=1), 0))
     assert bool(jnp.all(scale.astype(jnp.float32) <= width / levels * 1.002 + 2.0 ** -24))
 
 

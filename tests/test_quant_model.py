@@ -12,8 +12,7 @@ from jaxlm.config import from_dict, load_run_config
 from jaxlm.config.run import RunConfig
 from jaxlm.errors import JaxlmError
 from jaxlm.model import build_model
-from jaxlm.quant import QuantConfig, abstract_quantized, quantize_model, storage_report
-from jaxlm.quant import formats
+from jaxlm.quant import QuantConfig, abstract_quantized, formats, quantize_model, storage_report
 from jaxlm.quant.formats import Scheme
 from jaxlm.quant.gptq import collect_hessians, gptq_matrix
 from jaxlm.quant.model import dequantize_model
@@ -175,7 +174,10 @@ def test_group_not_dividing_an_input_dim_uses_the_largest_that_does(base_dir, tm
     assert "group 128 (group 64 for " in text and "embeddings unquantized (float32)" in text
 
 
-@pytest.mark.parametrize("argv", [["--bits", "8"], ["--bits", "4", "--group", "32", "--method", "gptq"]],
+# int4-gptq is slow: the README test runs the same chain (quantize --method gptq, then generate and eval)
+@pytest.mark.parametrize("argv", [["--bits", "8"],
+                                  pytest.param(["--bits", "4", "--group", "32", "--method", "gptq"],
+                                               marks=pytest.mark.slow)],
                          ids=["int8", "int4-gptq"])
 def test_a_quantized_bucketed_model_generates_and_evaluates(tmp_path, capsys, argv):
     """The chain a user runs: a layer-bucketed OpenELM-style model -> quantize -> jaxlm.load, generate,

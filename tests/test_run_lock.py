@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import cli_env, jaxlm, tiny_run_yaml, xla_flags
 
 from jaxlm.checkpoint.locate import finished_steps
 from jaxlm.errors import JaxlmError
 from jaxlm.training.run_lock import LOCK_NAME, RunLock
+
+from cli_helpers import cli_env, jaxlm, tiny_run_yaml, xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,7 @@ def test_a_dead_trainers_lock_is_taken_over(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow  # covered: the lock unit tests above; the README test runs jaxlm train
 def test_a_second_trainer_on_a_run_in_use_exits_2_and_the_first_finishes_untouched(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", SLOW_BATCHES="0.3",

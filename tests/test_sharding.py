@@ -4,11 +4,12 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from train_helpers import tiny_run_config, token_batches
 
 from jaxlm.errors import ConfigError
 from jaxlm.parallel import logical_to_spec, make_mesh
 from jaxlm.training.trainer import train
+
+from train_helpers import tiny_run_config, token_batches
 
 
 def test_rules_map_logical_axes_and_replicate_when_not_divisible():

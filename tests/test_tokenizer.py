@@ -10,8 +10,14 @@ import tiktoken
 from jaxlm.assets import ASSETS_DIR
 from jaxlm.cli.main import main
 from jaxlm.errors import ConfigError, JaxlmError
-from jaxlm.tokenizer import (LLAMA3_PATTERN, SentencePieceTokenizer, TiktokenTokenizer, check_vocab,
-                             llama3_special_tokens, load_tokenizer)
+from jaxlm.tokenizer import (
+    LLAMA3_PATTERN,
+    SentencePieceTokenizer,
+    TiktokenTokenizer,
+    check_vocab,
+    llama3_special_tokens,
+    load_tokenizer,
+)
 from jaxlm.tokenizer.train import train_sentencepiece
 
 TRAIN = ASSETS_DIR / "corpus" / "train"
@@ -206,9 +212,10 @@ def test_a_tiktoken_configured_run_trains_validates_and_reports_stats_with_that_
     import json
 
     import yaml
-    from hf_tokenizer_helpers import LLAMA3_SPECIALS, train_bpe
 
     from jaxlm.inference.api import load
+
+    from hf_tokenizer_helpers import LLAMA3_SPECIALS, train_bpe
 
     folder = tmp_path / "tok"
     folder.mkdir()

@@ -2,13 +2,13 @@
 
 import dataclasses
 import json
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_helpers import tiny_run_config, token_batches
 
 from jaxlm.checkpoint import load_model, save_model
 from jaxlm.cli.main import main
@@ -16,6 +16,8 @@ from jaxlm.config import load_run_config
 from jaxlm.training.loss import loss_sums
 from jaxlm.training.optimizer import decay_mask, lr_schedule
 from jaxlm.training.trainer import train
+
+from train_helpers import tiny_run_config, token_batches
 
 SMALL = ["--set", "model.model_dim=64", "--set", "model.num_layers=2", "--set", "model.head_dim=16",
          "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "train.seq_len=32",
@@ -27,6 +29,7 @@ def test_cli_train_on_bundled_corpus_writes_run_dir_samples_and_plots(tmp_path, 
     assert main(["train", *SMALL, "--set", f"train.out_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "sample (temperature 0.8" in printed and "ROMEO:" in printed
+    assert re.search(r"kernels in the train step: .*attention xla x\d", printed)  # logged at the first compile
     assert (out / "config.yaml").is_file() and (out / "tokenizer.model").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -125,9 +128,9 @@ def test_validation_in_the_loop_equals_a_direct_evaluation_and_ranks_keep_best(t
     import itertools
     import math
 
-    from train_helpers import TokenBatches
-
     from jaxlm.checkpoint.locate import finished_steps
+
+    from train_helpers import TokenBatches
 
     out = tmp_path / "run"
     cfg = tiny_run_config(out, steps=6, checkpoint={"every": 2, "keep": 1, "keep_best": 1}, eval_every=3,

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from cli_helpers import xla_flags
 from flax import nnx
-from train_helpers import eval_batches, tiny_run_config, token_batches
 
 from jaxlm.checkpoint import load_model
 from jaxlm.checkpoint.locate import finished_steps
 from jaxlm.training.trainer import train
+
+from cli_helpers import xla_flags
+from train_helpers import eval_batches, tiny_run_config, token_batches
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 16

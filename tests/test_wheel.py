@@ -43,7 +43,8 @@ def run(cmd, **kw):
 def test_wheel_install_runs_model_info_and_train(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO, src, symlinks=True, ignore=IGNORE)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", src, "-w", tmp_path / "wheels"],
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", src, "-w", tmp_path / "wheels"],
         cwd=tmp_path)
     wheel = next((tmp_path / "wheels").glob("jaxlm-*.whl"))
     venv = tmp_path / "venv"

@@ -10,8 +10,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxlm.inference import engine
 from jaxlm.inference.sampling import SamplingParams
-from jaxlm.parallel import param_shardings, rules, use_mesh
 from jaxlm.lora.config import LoraConfig
+from jaxlm.parallel import param_shardings, rules, use_mesh
 from jaxlm.training.program import build_train_program, check_batch, with_shardings
 from jaxlm.training.state import logical_axes
 from jaxlm.variants import model_for
@@ -48,25 +48,25 @@ def decode_programs(run_cfg, mesh: Mesh, batch_size: int, prompt_len: int, new_t
     knobs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                          SamplingParams().as_arrays())
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    common = (ints(batch_size, 1), knobs, key, ints())  # stops, knobs, key, vocab limit
+    sampler = engine.Sampler(ints(batch_size, 1), knobs, key, ints())
+    prefill_options = engine.DecodeOptions(cache_len=cache_len, cache_dtype=cache_dtype, greedy=True)
+    decode_options = engine.DecodeOptions(out_len=out_len, greedy=True, stream=False)
 
-    def prefill(state, tokens, lengths, stops, knobs, key, limit):
+    def prefill(params, tokens, lengths, sampler):
         with use_mesh(mesh):
-            return engine.prefill(graphdef, state, tokens, lengths, stops, knobs, key, limit, cache_len=cache_len,
-                                   cache_dtype=cache_dtype, greedy=True)
+            return engine.prefill(graphdef, params, tokens, lengths, sampler, prefill_options)
 
-    def decode(state, carry, stops, knobs, key, limit, max_new):
+    def decode(params, decode_state, sampler, max_new):
         with use_mesh(mesh):
-            return engine.decode(graphdef, state, carry, stops, knobs, key, limit, max_new, jnp.int32(0),
-                                  out_len=out_len, greedy=True, stream=False)
+            return engine.decode(graphdef, params, decode_state, sampler, max_new, jnp.int32(0), decode_options)
 
     def lower_prefill(_):
-        return jax.jit(prefill).lower(state, ints(batch_size, width), ints(batch_size), *common)
+        return jax.jit(prefill).lower(state, ints(batch_size, width), ints(batch_size), sampler)
 
     def lower_decode(prefill_shardings):
-        carry_abs = jax.eval_shape(prefill, state, ints(batch_size, width), ints(batch_size), *common)[1]
-        carry = with_shardings(carry_abs, prefill_shardings[1])
-        return jax.jit(decode).lower(state, carry, *common, ints())
+        state_abs = jax.eval_shape(prefill, state, ints(batch_size, width), ints(batch_size), sampler)[1]
+        decode_state = with_shardings(state_abs, prefill_shardings[1])
+        return jax.jit(decode).lower(state, decode_state, sampler, ints())
 
     return [(f"prefill (batch {batch_size} x {width} prompt tokens, cache {cache_len})", lower_prefill),
             (f"decode loop ({out_len} tokens)", lower_decode)]

@@ -22,15 +22,14 @@ import yaml
 from flax import nnx
 
 from jaxlm.checkpoint.locate import locate
-from jaxlm.checkpoint.params_io import (ParamWriter, flatten, layer_leaves, nest, per_layer, quiet_absl,
-                                        restack)
+from jaxlm.checkpoint.params_io import ParamWriter, nest, quiet_absl
 from jaxlm.config import RunConfig, from_dict, to_dict
 from jaxlm.errors import ArgumentTypeError, JaxlmError, short_repr
 from jaxlm.lora.config import LoraConfig
 from jaxlm.model import ModelConfig, stored_tree
+from jaxlm.model.layouts import flatten, is_per_layer, per_layer_leaves, restack
 from jaxlm.outputs import output_path
 from jaxlm.variants import model_for
-
 
 TOKENIZER_GLOBS = ("tokenizer*", "*.tiktoken")
 
@@ -50,7 +49,7 @@ def save_model(path: str | Path, run_cfg: RunConfig, model: nnx.Module, extra_fi
         raise ArgumentTypeError(f"model must be a jaxlm model (an nnx.Module with its ModelConfig as .cfg), "
                                 f"got {short_repr(model)}")
     params = flatten(stored_tree(model.cfg, nnx.state(model, nnx.Param).to_pure_dict()))  # unpadded layers
-    leaves = ((p, np.asarray(x)) for p, x in layer_leaves(params))  # one layer on the host at a time
+    leaves = ((p, np.asarray(x)) for p, x in per_layer_leaves(params))  # one layer on the host at a time
     return write_model_dir(path, run_cfg, leaves, extra_files, overwrite, inputs)
 
 
@@ -108,6 +107,7 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
     """
     # lazy: Orbax (and metadata, which imports it) loads on the first read, not with `import jaxlm.checkpoint`
     import orbax.checkpoint as ocp
+
     from jaxlm.checkpoint.metadata import check_param_shapes, corrupt, saved_param_shapes
 
     _check_args(path=path, run_cfg=run_cfg, model_config=model_config)
@@ -121,8 +121,8 @@ def load_model(path: str | Path, run_cfg: RunConfig | None = None,
     target = nnx.state(model, nnx.Param).to_pure_dict()
     with quiet_absl():
         saved = saved_param_shapes(params_dir)
-        layered = per_layer(tuple(k.split("/")) for k in saved)
-        disk = nest(dict(layer_leaves(flatten(target), lambda x, j: jax.ShapeDtypeStruct(x.shape[1:], x.dtype)))) \
+        layered = is_per_layer(tuple(k.split("/")) for k in saved)
+        disk = nest(dict(per_layer_leaves(flatten(target), lambda x, j: jax.ShapeDtypeStruct(x.shape[1:], x.dtype)))) \
             if layered else target
         check_param_shapes(saved, disk, str(params_dir))
         # Onto this process's first device: a run checkpoint remembers the devices it was saved from

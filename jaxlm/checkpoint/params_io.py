@@ -3,9 +3,9 @@
 In memory (and in training checkpoints), the layers of each group of identical layers are stacked:
 `groups/<g>/<leaf>` has the group's layers on axis 0, so the group runs as one `lax.scan`. Model
 directories store every layer on its own instead: `layers/<i>/<leaf>`, i the global layer index
-(`layer_leaves`), and `load_model` stacks them again (`restack`). So a model dir is written and read a
-layer at a time (conversion never holds a stack of layers) and does not depend on how layers are
-grouped. Folders Orbax can hold:
+(`jaxlm.model.layouts.per_layer_leaves`), and `load_model` stacks them again (`layouts.restack`). So
+a model dir is written and read a layer at a time (conversion never holds a stack of layers) and does not depend on how
+layers are grouped. Folders Orbax can hold:
 
     params/          a PyTree item: training checkpoints (RUN_DIR/checkpoints/<step>/params) and
                      model dirs written before per-layer storage (stacked leaves)
@@ -13,24 +13,22 @@ grouped. Folders Orbax can hold:
 
 `ParamWriter` saves a few leaves per Orbax partial save, so a producer of leaves one at a time
 (`jaxlm convert from-hf`) never holds the model. Training checkpoints store stacked leaves one layer
-per chunk (`stacked`), so `ParamReader.read_layer` decodes one layer of them.
+per chunk (`layouts.is_layer_stack`), so `ParamReader.read_layer` decodes one layer of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.errors import JaxlmError
+from jaxlm.model.layouts import LeafPath
 
-LeafPath = tuple[str, ...]
-GROUPS, LAYERS = "groups", "layers"
 STATE = "state"  # Orbax's item folder in the partial-save layout
 BATCH_BYTES = 128 * 2**20  # leaves gathered per partial save (a larger leaf goes alone)
 
@@ -39,60 +37,6 @@ def params_item(params_dir: Path) -> Path:
     """The folder Orbax's PyTree reader takes, in either layout."""
     params_dir = Path(params_dir)
     return params_dir / STATE if (params_dir / STATE / "_METADATA").is_file() else params_dir
-
-
-def stacked(path: LeafPath) -> bool:
-    """Leaves under `groups` hold a group's layers on axis 0; Orbax's `shard_axes=(0,)` stores them
-    one layer per chunk (it splits a listed axis down to 1 before anything else)."""
-    return path[0] == GROUPS
-
-
-def layer_offsets(shapes: dict[LeafPath, tuple[int, ...]]) -> dict[str, int]:
-    """Group key -> global index of its first layer, from the stacked leaves' shapes."""
-    counts = {p[1]: shape[0] for p, shape in shapes.items() if stacked(p)}
-    offsets, first = {}, 0
-    for g in sorted(counts, key=int):
-        offsets[g], first = first, first + counts[g]
-    return offsets
-
-
-def layer_path(path: LeafPath, layer: int, offsets: dict[str, int]) -> LeafPath:
-    """Where layer `layer` of stacked leaf `path` is stored in a model dir."""
-    return (LAYERS, str(offsets[path[1]] + layer)) + path[2:]
-
-
-def layer_leaves(leaves: dict[LeafPath, object], take=lambda x, j: x[j]) -> Iterator[tuple[LeafPath, object]]:
-    """Stacked leaves -> per-layer leaves (`take(x, j)`: a view by default); other leaves unchanged."""
-    offsets = layer_offsets({p: x.shape for p, x in leaves.items()})
-    for path, x in leaves.items():
-        if stacked(path):
-            for j in range(x.shape[0]):
-                yield layer_path(path, j, offsets), take(x, j)
-        else:
-            yield path, x
-
-
-def restack(target, restored: dict[LeafPath, object]):
-    """A tree shaped like `target` (stacked, abstract) from the per-layer leaves `restored` (consumed,
-    so each layer's array can be freed once stacked)."""
-    offsets = layer_offsets(flatten(target, lambda x: x.shape))
-
-    def leaf(keypath, x):
-        path = key_names(keypath)
-        if not stacked(path):
-            return restored.pop(path)
-        return jnp.stack([restored.pop(layer_path(path, j, offsets)) for j in range(x.shape[0])])
-
-    return jax.tree_util.tree_map_with_path(leaf, target)
-
-
-def key_names(keypath) -> LeafPath:
-    """A jax key path as a tuple of strings (dict keys, list indices)."""
-    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in keypath)
-
-
-def flatten(tree, fn=lambda x: x) -> dict[LeafPath, object]:
-    return {key_names(p): fn(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def nest(flat: dict[LeafPath, object]) -> dict:
@@ -107,11 +51,6 @@ def insert(tree: dict, path: tuple, value) -> None:
     for k in path[:-1]:
         tree = tree.setdefault(k, {})
     tree[path[-1]] = value
-
-
-def per_layer(saved: Iterable[LeafPath]) -> bool:
-    """Whether saved leaf paths are in the per-layer (model dir) layout."""
-    return any(p[0] == LAYERS for p in saved)
 
 
 class ParamWriter:

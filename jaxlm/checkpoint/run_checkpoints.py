@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxlm.checkpoint.metadata import check_param_shapes, corrupt, saved_param_shapes
-from jaxlm.checkpoint.params_io import key_names, stacked
+from jaxlm.model.layouts import is_layer_stack, key_names
 
 ITEMS = ("params", "opt_state", "meta")
 
@@ -91,6 +91,6 @@ def _layer_chunked(params):
     """Save args storing each stacked layer-group leaf one layer per chunk (see params_io), so that
     `jaxlm convert to-hf` can read a run's checkpoint layer by layer."""
     def args(path, x):
-        return ocp.SaveArgs(shard_axes=(0,)) if stacked(key_names(path)) else ocp.SaveArgs()
+        return ocp.SaveArgs(shard_axes=(0,)) if is_layer_stack(key_names(path)) else ocp.SaveArgs()
 
     return jax.tree_util.tree_map_with_path(args, params)

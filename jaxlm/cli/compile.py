@@ -1,5 +1,6 @@
-"""`jaxlm compile CONFIG --topology v5e:2x4 | h100:1x1x8 [--mesh.fsdp 8 ...] [--set ...] [--decode]`: build the
-train step (or, with --decode, the generate programs) for a TPU slice or an NVIDIA GPU node on any host,
+"""`jaxlm compile CONFIG --topology v5e:2x4 | h100:1x1x8 [--mesh.fsdp 8 ...] [--set ...] [--decode | --serve]`:
+build the train step (or, with --decode, the generate programs; with --serve, the serving engine's paged decode
+step) for a TPU slice or an NVIDIA GPU node on any host,
 with no weights allocated, and print what one device needs against its memory and which kernels the
 program holds. Exit 2 when it does not fit.
 
@@ -10,8 +11,8 @@ Needs libtpu for TPUs (`pip install 'jaxlm[tpu]'`) and JAX's CUDA plugin for GPU
 from __future__ import annotations
 
 from jaxlm.cli.common import add_config_args, positive_int
-from jaxlm.errors import ConfigError
 from jaxlm.config import load_run_config
+from jaxlm.errors import ConfigError
 
 
 def register(sub) -> None:
@@ -29,6 +30,12 @@ def register(sub) -> None:
     p.add_argument("--decode", action="store_true", help="compile prefill + the decode loop instead")
     p.add_argument("--prompt-len", type=positive_int, default=1024, help="--decode: prompt tokens per row")
     p.add_argument("--new-tokens", type=positive_int, default=256, help="--decode: tokens to generate")
+    p.add_argument("--serve", action="store_true", help="compile the serving engine's paged decode step instead, "
+                                                        "and report the KV pages that fit beside the weights")
+    p.add_argument("--max-slots", type=positive_int, default=8, help="--serve: decode slots (rows per step)")
+    p.add_argument("--page-size", type=positive_int, default=16, help="--serve: tokens per KV page")
+    p.add_argument("--num-pages", type=positive_int, default=None,
+                   help="--serve: pages in the program (default: max-slots rows of the full context)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +57,13 @@ def run(args) -> int:
     mesh = make_mesh(mc.data, mc.fsdp, mc.tensor, devices)
     hbm = chip_hbm_bytes(devices[0])
     _print_header(run_cfg, args.topology, devices, mesh, hbm)
-    if args.decode:
+    notes = {}  # program name -> a function of its report giving one more line
+    if args.serve:
+        from jaxlm.aot.serve import serve_program  # lazy: as above
+
+        name, lower, notes[name] = serve_program(run_cfg, mesh, args.max_slots, args.page_size, args.num_pages)
+        programs = [(name, lower)]
+    elif args.decode:
         programs = decode_programs(run_cfg, mesh, run_cfg.train.batch_size, args.prompt_len, args.new_tokens)
     else:
         programs = [_train_lowering(run_cfg, mesh)]
@@ -61,6 +74,8 @@ def run(args) -> int:
         report = compile_and_report(name, lowered, hbm, choices.summary(sites))  # DoesNotFit: one line, exit 2
         previous = report.output_shardings
         print("\n".join(report.lines()))
+        if name in notes:
+            print(notes[name](report, hbm))
         if report.fits is False:
             raise DoesNotFit(f"{name} does not fit: needs {report.peak_bytes / 2 ** 30:.2f} GiB of "
                              f"{hbm / 2 ** 30:.2f} GiB per device; lower the batch, shard more or set model.remat")

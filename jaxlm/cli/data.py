@@ -1,12 +1,14 @@
 """`jaxlm data stats CONFIG`: documents, tokens, filter drops and tokens/s of the data pipeline.
 `jaxlm data prepare CONFIG --out DIR`: tokenize and pack data.sources once; train with data.prepared=DIR.
-`jaxlm data chat-example [--out DIR]`: the bundled SFT / DPO example (jaxlm.posttrain.example)."""
+`jaxlm data chat-example [--out DIR]`: the bundled SFT / DPO example (jaxlm.posttrain.example).
+`jaxlm data curate` / `jaxlm data train-classifier`: jaxlm.cli.data_curate."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from jaxlm.cli import data_curate
 from jaxlm.cli.common import add_config_args, positive_int
 from jaxlm.config import load_run_config
 from jaxlm.errors import JaxlmError
@@ -34,6 +36,7 @@ def register(sub) -> None:
     ce.add_argument("--out", default="runs/chat_data", help="output folder (default: runs/chat_data, where "
                                                              "configs/sft_plays.yaml and dpo_plays.yaml read it)")
     ce.set_defaults(func=run_chat_example)
+    data_curate.register(dsub)
 
 
 def run_chat_example(args) -> int:
@@ -47,8 +50,8 @@ def run_chat_example(args) -> int:
 def run_prepare(args) -> int:
     # lazy: keeps `jaxlm --help` fast (the data pipeline loads Grain, the tokenizers load sentencepiece and tiktoken)
     from jaxlm.data.prepared import prepare
-    from jaxlm.training.run_dir import load_run_tokenizer
     from jaxlm.tokenizer import check_vocab
+    from jaxlm.training.run_dir import load_run_tokenizer
 
     cfg = load_run_config(args.config, args.overrides)
     tok = load_run_tokenizer(cfg)

@@ -7,9 +7,9 @@ import json
 import math
 import traceback
 
-from jaxlm.cli.common import positive_int
 from jaxlm import outputs
 from jaxlm.assets import resolve_path
+from jaxlm.cli.common import positive_int
 from jaxlm.errors import JaxlmError
 
 

@@ -29,6 +29,7 @@ COMMANDS = [
     "jaxlm.cli.plot",
     "jaxlm.cli.convert",
     "jaxlm.cli.compile",
+    "jaxlm.cli.serve",
 ]
 
 
@@ -42,7 +43,7 @@ def build_parser() -> Parser:
 
 # Commands that run a model start JAX's backend first, through start_backend (its start-up noise filtered);
 # train does it itself, after its config is read and jax.distributed is initialised.
-NEEDS_BACKEND = ("generate", "eval", "quantize", "lora", "convert")
+NEEDS_BACKEND = ("generate", "eval", "quantize", "lora", "convert", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

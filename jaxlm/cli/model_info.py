@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from jaxlm.cli.common import add_config_args, positive_int
+from jaxlm.cli.common import add_config_args, positive_int, start_backend
 from jaxlm.config import load_run_config
 from jaxlm.errors import ConfigError
 from jaxlm.model import abstract_model, buckets, flops
@@ -18,7 +18,8 @@ def register(sub) -> None:
     add_config_args(p)
     p.add_argument("--ckpt", default=None, help="a model or run dir instead of CONFIG (a quantized one reports "
                                                 "its real bytes per parameter)")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="sequence length for FLOPs (default: max_context)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="sequence length for FLOPs (default: max_context)")
     p.add_argument("--gguf", default=None, choices=("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"),
                    help="also the size of this model's `jaxlm convert to-gguf --type TYPE` file, from shapes")
     p.set_defaults(func=run)
@@ -41,6 +42,7 @@ def run(args) -> int:
 
     from jaxlm.model.transformer import param_count
 
+    start_backend()  # its start-up noise filtered (a CUDA plugin without a GPU)
     cfg = run_cfg.model
     seq_len = args.seq_len or cfg.max_context
     model = abstract_model(cfg.stored())  # the real (unpadded) parameters
@@ -58,6 +60,7 @@ def run(args) -> int:
     print(f"total parameters: {total:,} ({total / 1e6:.2f}M), {nbytes / 2**30:.2f} GiB as {cfg.param_dtype}")
     per_tok = flops.train_flops_per_token(cfg, seq_len)
     print(f"training FLOPs/token at seq {seq_len}: {per_tok:.4g} (6N + 12*L*Hq*hd*T, causal not halved)")
+    print(describe_kernels(run_cfg, min(seq_len, 256)))
     if run_cfg.quant.enabled:  # e.g. a `jaxlm quantize` output, or --set quant.bits=4 --set quant.group_size=128
         # lazy: as above (the checkpoint code and the quantized model load JAX)
         from jaxlm.checkpoint.locate import params_disk_bytes
@@ -67,6 +70,25 @@ def run(args) -> int:
     if args.gguf:
         print(describe_gguf(cfg, args.gguf))
     return 0
+
+
+def describe_kernels(run_cfg, seq_len: int) -> str:
+    """The kernel each site of a packed training forward takes on this host's backend, and why it falls back
+    (traced with abstract shapes: nothing is computed)."""
+    # lazy: as above
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxlm.lora.config import LoraConfig
+    from jaxlm.ops import choices, target_platform
+    from jaxlm.variants import model_for
+
+    graphdef, params = nnx.split(model_for(run_cfg.model, run_cfg.quant, LoraConfig(), abstract=True))
+    tokens = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
+    with choices.recording() as sites:
+        jax.eval_shape(lambda p, t: nnx.merge(graphdef, p)(t, segment_ids=jnp.ones_like(t)), params, tokens)
+    return f"kernels on this host ({target_platform()}, a packed batch of {seq_len} tokens): {choices.summary(sites)}"
 
 
 def describe_gguf(cfg, type_name: str) -> str:
@@ -81,7 +103,7 @@ def describe_gguf(cfg, type_name: str) -> str:
 
 def describe_buckets(cfg, seq_len: int) -> str:
     """How the layers are scanned: blocks to compile and, with layer buckets, their padding cost."""
-    line = f"scanned blocks: {len(cfg.layer_groups)} (runs of identical layers: {len(cfg.stored_groups)})"
+    line = f"scanned blocks: {len(cfg.scan_groups)} (runs of identical layers: {len(cfg.stored_groups)})"
     if not cfg.bucketed:
         return line
     extra = buckets.overhead(cfg.buckets, cfg.model_dim, cfg.head_dim, seq_len, flops.head_flops(cfg))

@@ -14,7 +14,8 @@ def register(sub) -> None:
     t = tsub.add_parser("train", help="train a sentencepiece BPE model (byte fallback, LLaMA-2 settings)")
     t.add_argument("inputs", nargs="+", metavar="PATH",
                    help="text files or folders of *.txt (bundled:corpus/train is the shipped corpus)")
-    t.add_argument("--vocab-size", type=positive_int, required=True, help="number of pieces, specials and bytes included")
+    t.add_argument("--vocab-size", type=positive_int, required=True,
+                   help="number of pieces, specials and bytes included")
     t.add_argument("--output", required=True, help="directory to write tokenizer.model into")
     t.add_argument("--overwrite", action="store_true", help="replace an existing DIR/tokenizer.model")
     t.add_argument("--character-coverage", type=float, default=0.99995,

@@ -21,7 +21,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    run_cfg = load_run_config(args.config, args.overrides, default=DEFAULT_CONFIG)  # a bad config fails before JAX loads
+    # a bad config fails before JAX loads
+    run_cfg = load_run_config(args.config, args.overrides, default=DEFAULT_CONFIG)
 
     # lazy: after the config is read, so a bad config fails before JAX loads (and `jaxlm --help` stays fast)
     from jaxlm.parallel import distributed

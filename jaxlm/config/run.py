@@ -11,9 +11,9 @@ from jaxlm.config.train import CheckpointConfig, MeshConfig, TrainConfig
 from jaxlm.data.config import DataConfig
 from jaxlm.errors import ConfigError
 from jaxlm.fields import bounded, check_fields
+from jaxlm.lora.config import LoraConfig
 from jaxlm.model.config import ModelConfig
 from jaxlm.posttrain.config import PostTrainConfig
-from jaxlm.lora.config import LoraConfig
 from jaxlm.quant.config import QuantConfig
 
 
@@ -31,10 +31,6 @@ class RunConfig:
 
     def __post_init__(self):
         check_fields(self)
-        # Quantized weights and LoRA adapters are laid out per stored (unpadded) layer: such runs keep
-        # the stored layout in memory too (model.scan_pad_budget only changes speed, never the model).
-        if (self.quant.enabled or self.lora.enabled) and self.model.scan_pad_budget:
-            object.__setattr__(self, "model", self.model.stored())
 
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None,

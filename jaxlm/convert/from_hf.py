@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxlm import outputs
 from jaxlm.checkpoint.model_dir import write_model_dir
 from jaxlm.config import RunConfig, from_dict
-from jaxlm import outputs
 from jaxlm.convert import hf_io
 from jaxlm.convert.family import Family, family_for_hf
 from jaxlm.convert.plan import make_plan, saved_path

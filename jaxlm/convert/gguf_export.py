@@ -21,16 +21,25 @@ import numpy as np
 from jaxlm import outputs
 from jaxlm.checkpoint.locate import locate
 from jaxlm.checkpoint.model_dir import read_config
-from jaxlm.checkpoint.params_io import ParamReader, per_layer
+from jaxlm.checkpoint.params_io import ParamReader
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.gguf_layout import Piece, arch_name, cut, gguf_plan
 from jaxlm.convert.gguf_meta import extra_tensors, write_metadata
-from jaxlm.convert.gguf_quant import (CODE_TYPES, QTYPES, Codes, blocks_from_codes, encode, head_name, nbytes,
-                                     tensor_type)
+from jaxlm.convert.gguf_quant import (
+    CODE_TYPES,
+    QTYPES,
+    Codes,
+    blocks_from_codes,
+    encode,
+    head_name,
+    nbytes,
+    tensor_type,
+)
 from jaxlm.convert.gguf_vocab import GGUFVocab, vocab_from_tokenizer
 from jaxlm.convert.plan import Item, saved_path
 from jaxlm.errors import JaxlmError
 from jaxlm.model.layout import BLOCK_WEIGHTS
+from jaxlm.model.layouts import is_per_layer
 from jaxlm.tokenizer import check_vocab, load_tokenizer
 
 SAVED_TYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
@@ -54,7 +63,7 @@ def to_gguf(src: str | Path, out: str | Path, *, type_name: str | None = None, t
     writer = gguf.GGUFWriter(None, arch_name(family))
     out = outputs.check_output(out, overwrite=overwrite, inputs=[src, config_dir], folder=False)
     reader = ParamReader(params_dir)
-    layered = per_layer(reader.shapes)
+    layered = is_per_layer(reader.shapes)
     type_name = type_name or _default_type(run_cfg, reader)
     if type_name not in QTYPES:
         raise JaxlmError(f"unknown GGUF type {type_name!r}; choose one of {', '.join(QTYPES)}")

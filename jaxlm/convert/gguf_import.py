@@ -115,7 +115,8 @@ def _check_tensors(plan, shapes: dict, path: Path) -> None:
         raise JaxlmError(f"{path} holds {len(extra)} tensor(s) jaxlm has no place for: {', '.join(extra[:6])}")
     for name, shape in want.items():
         if shapes[name] != shape:
-            raise JaxlmError(f"{path}: tensor {name} has shape {list(shapes[name])}, its metadata implies {list(shape)}")
+            raise JaxlmError(f"{path}: tensor {name} has shape {list(shapes[name])}, "
+                             f"its metadata implies {list(shape)}")
 
 
 def _leaves(plan, tensors: dict, run_cfg, log):

@@ -43,8 +43,8 @@ class Piece:
 
 def arch_name(family: Family) -> str:
     if family.model_type not in ARCHES:
-        raise JaxlmError(f"this model has a sliding window, which llama.cpp's llama architecture lacks (it would "
-                         f"attend to everything); only Phi-3 models (LongRoPE or a phi3 name) export with one")
+        raise JaxlmError("this model has a sliding window, which llama.cpp's llama architecture lacks (it would "
+                         "attend to everything); only Phi-3 models (LongRoPE or a phi3 name) export with one")
     return gguf.MODEL_ARCH_NAMES[ARCHES[family.model_type]]
 
 

@@ -77,7 +77,8 @@ def _common(w, hf: dict) -> None:
 def _phi3(w, family: Family, cfg: ModelConfig) -> None:
     hf = family.config_to_hf(cfg)
     if cfg.rope_scaling.type == "longrope":
-        w.add_rope_scaling_attn_factors(longrope_attention_factor(cfg.max_context, cfg.rope_scaling.original_max_position))
+        w.add_rope_scaling_attn_factors(longrope_attention_factor(cfg.max_context,
+                                                                  cfg.rope_scaling.original_max_position))
     _common(w, hf)
     w.add_rope_scaling_orig_ctx_len(hf["original_max_position_embeddings"])
     w.add_layer_norm_rms_eps(hf["rms_norm_eps"])

@@ -24,7 +24,7 @@ import re
 import gguf
 
 from jaxlm.errors import JaxlmError
-from jaxlm.tokenizer import HFTokenizer, LLAMA3_PATTERN, SentencePieceTokenizer, Tokenizer
+from jaxlm.tokenizer import LLAMA3_PATTERN, HFTokenizer, SentencePieceTokenizer, Tokenizer
 from jaxlm.tokenizer.hf_export import to_tokenizers
 
 T = gguf.TokenType

@@ -197,14 +197,16 @@ class ShardedWriter:
             shards[-1].append((name, tuple(shape), np.dtype(dtype), nbytes))
             size += nbytes
         n = len(shards)
-        self.files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.files = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+                                                           for i in range(n)]
         self._slots: dict[str, tuple] = {}  # name -> (file index, absolute offset, shape, dtype)
         self._handles = []
         self.total_size = 0
         for fi, (fname, shard) in enumerate(zip(self.files, shards)):
             header, offset = {"__metadata__": {"format": "pt"}}, 0
             for name, shape, dtype, nbytes in shard:
-                header[name] = {"dtype": ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+                header[name] = {"dtype": ST_DTYPES[dtype], "shape": list(shape),
+                                "data_offsets": [offset, offset + nbytes]}
                 offset += nbytes
             raw = json.dumps(header, separators=(",", ":")).encode()
             raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned

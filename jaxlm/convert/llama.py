@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxlm.convert.layout import Family
 from jaxlm.convert.hf_config import require, require_uniform, rope_scaling_to_hf, uniform_config_from_hf
-from jaxlm.convert.layout import IDENTITY, OUT_PROJ, TRANSPOSE, QKV, GateUp, Rule
+from jaxlm.convert.layout import IDENTITY, OUT_PROJ, QKV, TRANSPOSE, Family, GateUp, Rule
 from jaxlm.model.config import ModelConfig
 
 TOP = (

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numbers
 
-from jaxlm.convert.layout import Family
 from jaxlm.convert.hf_config import require, token_id
-from jaxlm.convert.layout import IDENTITY, OUT_PROJ, TRANSPOSE, QKV, GateUp, Rule
+from jaxlm.convert.layout import IDENTITY, OUT_PROJ, QKV, TRANSPOSE, Family, GateUp, Rule
 from jaxlm.model import layerwise
 from jaxlm.model.config import LayerSpec, ModelConfig
 

@@ -28,7 +28,7 @@ def peft_tensors(model, family=None) -> tuple[dict[str, np.ndarray], list[str]]:
     family = family or family_for_model(model.cfg)
     rules = {rule.leaf: rule for rule in family.layer}
     tensors, modules = {}, set()
-    first_layer = np.cumsum([0] + [count for _, count in model.cfg.layer_groups])
+    first_layer = np.cumsum([0] + [count for _, count in model.cfg.scan_groups])
     for gi, target, parent, attr in lora_weights(model):
         w = getattr(parent, attr)
         if not isinstance(w, LoraWeight):

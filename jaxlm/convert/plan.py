@@ -13,11 +13,11 @@ import dataclasses
 import jax
 from flax import nnx
 
-from jaxlm.checkpoint.params_io import LAYERS
 from jaxlm.convert.family import Family
 from jaxlm.convert.layout import Rule
 from jaxlm.model import abstract_model
 from jaxlm.model.config import ModelConfig
+from jaxlm.model.layouts import LAYERS
 
 Path = tuple[str, ...]
 

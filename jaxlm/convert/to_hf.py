@@ -10,14 +10,15 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jaxlm import outputs
 from jaxlm.checkpoint.locate import locate
 from jaxlm.checkpoint.model_dir import read_config
-from jaxlm.checkpoint.params_io import ParamReader, per_layer
-from jaxlm import outputs
+from jaxlm.checkpoint.params_io import ParamReader
 from jaxlm.convert import hf_code, hf_io
 from jaxlm.convert.family import family_for_model
 from jaxlm.convert.plan import make_plan, saved_path
 from jaxlm.errors import JaxlmError
+from jaxlm.model.layouts import is_per_layer
 from jaxlm.tokenizer import load_tokenizer
 from jaxlm.tokenizer.hf_export import write_hf_tokenizer
 from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
@@ -49,7 +50,7 @@ def to_hf(src: str | Path, out: str | Path, *, fmt: str | None = None, dtype: st
     out = outputs.check_output(out, overwrite=overwrite, inputs=[src, config_dir])
     plan = make_plan(family, cfg)
     reader = ParamReader(params_dir)
-    layered = per_layer(reader.shapes)
+    layered = is_per_layer(reader.shapes)
     _check_saved(reader, plan, params_dir, layered)
     saved = {reader.shapes[saved_path(it, layered)][1] for it in plan}
     if dtype is not None and dtype not in DTYPES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jaxlm.data.curate.config import CurateConfig
 from jaxlm.errors import ConfigError
 from jaxlm.fields import bounded, check_fields
 
@@ -77,6 +78,7 @@ class DataConfig:
     add_bos: bool = True
     add_eos: bool = True
     filters: FilterConfig = FilterConfig()
+    curate: CurateConfig = CurateConfig()  # `jaxlm data curate` stages and thresholds (docs/data.md#curation)
     shuffle: bool = True  # file order per epoch, and rows within windows of `shuffle_window`
     shuffle_window: int = bounded(512, ge=1, note="1: keep stream order")  # rows per source shuffled together
     on_bad_record: Literal["skip", "error"] = "skip"  # unreadable/empty file, bad JSONL line, non-UTF-8 text

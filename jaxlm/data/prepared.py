@@ -114,9 +114,9 @@ class PreparedBatches:
             raise ConfigError(f"data.prepared {root} holds rows of {meta['seq_len']} tokens, train.seq_len is "
                               f"{seq_len}; set train.seq_len={meta['seq_len']} or prepare the data again")
         if tokenizer is not None and meta["tokenizer"]["fingerprint"] != tokenizer_fingerprint(tokenizer):
-            raise ConfigError(f"data.prepared {root} was tokenized with another tokenizer ({meta['tokenizer']['kind']}, "
-                              f"{meta['tokenizer']['vocab_size']} ids) than data.tokenizer; prepare it again or point "
-                              f"data.tokenizer at the one it used")
+            raise ConfigError(f"data.prepared {root} was tokenized with another tokenizer "
+                              f"({meta['tokenizer']['kind']}, {meta['tokenizer']['vocab_size']} ids) than "
+                              f"data.tokenizer; prepare it again or point data.tokenizer at the one it used")
         labels = [s["label"] for s in meta["sources"]]
         wanted = [s.label for s in data_cfg.sources]
         if sorted(labels) != sorted(wanted):

@@ -4,10 +4,11 @@ line (every flag of `lm_eval`), with the `jaxlm` model registered first. `--incl
 
 import sys
 
+from lm_eval.__main__ import cli_evaluate
+
 import jaxlm.eval  # noqa: F401  (registers "jaxlm")
 from jaxlm.eval.quiet import quiet_git
 from jaxlm.eval.tasks import portable_include_path
-from lm_eval.__main__ import cli_evaluate
 
 
 def main(argv: list[str] | None = None) -> None:

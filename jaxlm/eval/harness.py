@@ -201,7 +201,8 @@ class JaxlmLM(TemplateLM):
                     texts[r] = self.tok_decode(rows[r])
             return all(bool(d) or any(s in texts[r] for s in stop) for r, d in enumerate(done))
 
-        out = self.lm.generate_ids(prompts, max_gen, stop_tokens=[self.eot_token_id], on_token=on_token if stop else None,
+        out = self.lm.generate_ids(prompts, max_gen, stop_tokens=[self.eot_token_id],
+                                   on_token=on_token if stop else None,
                                    **sampling)
         replies = []
         for new in out.tokens:

@@ -19,14 +19,13 @@ from jaxlm.assets import resolve_path
 from jaxlm.checkpoint import load_model
 from jaxlm.checkpoint.locate import load_tokenizer_for, locate
 from jaxlm.errors import JaxlmError
-from jaxlm.inference import chat as chat_lib
-from jaxlm.inference import checks
+from jaxlm.inference import chat as chat_lib, checks
 from jaxlm.inference.engine import CACHE_DTYPES, Engine, GenerationOutput
 from jaxlm.inference.sampling import SamplingParams
 from jaxlm.inference.scoring import Scorer
 from jaxlm.tokenizer import Tokenizer, check_vocab, load_tokenizer
 from jaxlm.tokenizer.hf_json import GENERATION_FILE, read_json
-from jaxlm.variants import inference_layout
+from jaxlm.variants import decode_model, inference_layout
 
 
 def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "LanguageModel":
@@ -40,18 +39,22 @@ def load(path: str | Path, cache_dtype: str = "auto", tokenizer=None) -> "Langua
     checks.choice("cache_dtype", cache_dtype, CACHE_DTYPES, "cache dtype")
     if tokenizer is not None and not isinstance(tokenizer, Tokenizer):  # a bad path fails before the model loads
         tokenizer = load_tokenizer(tokenizer_path(tokenizer))
-    run_cfg, model = load_model(path)
-    model = inference_layout(model, run_cfg)  # a plain model decodes in its training buckets
+    run_cfg, stored = load_model(path)
+    model = inference_layout(stored, run_cfg)  # scoring runs the run's scan groups (a plain model's buckets)
     if tokenizer is None:
         tokenizer = load_tokenizer_for(path)
     generation_config = read_json(locate(path)[0] / GENERATION_FILE)
-    return LanguageModel(model, tokenizer, cache_dtype=cache_dtype, generation_config=generation_config)
+    return LanguageModel(model, tokenizer, cache_dtype=cache_dtype, generation_config=generation_config,
+                         decoding_model=decode_model(stored, run_cfg, scanned=model))
 
 
 class LanguageModel:
     """A model with its tokenizer: generation on strings, streaming, log-probabilities, perplexity."""
 
-    def __init__(self, model, tokenizer, cache_dtype: str = "auto", generation_config: dict | None = None):
+    def __init__(self, model, tokenizer, cache_dtype: str = "auto", generation_config: dict | None = None,
+                 decoding_model=None):
+        """decoding_model: the same model in the layout generation runs (`jaxlm.variants.decode_model`), when the
+        caller has it; default: the Engine converts `model` itself."""
         checks.model("model", model)
         if not isinstance(tokenizer, Tokenizer):
             raise checks.ArgumentTypeError(f"tokenizer must be a jaxlm Tokenizer (jaxlm.tokenizer.load_tokenizer), "
@@ -61,7 +64,7 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.generation_config = dict(generation_config or {})  # HF generation_config.json: eos ids for chat
         self.cfg = model.cfg
-        self.engine = Engine(model, cache_dtype=cache_dtype, vocab_limit=tokenizer.vocab_size)
+        self.engine = Engine(decoding_model or model, cache_dtype=cache_dtype, vocab_limit=tokenizer.vocab_size)
         self.scorer = Scorer(model)
 
     def __repr__(self) -> str:

@@ -49,28 +49,26 @@ def decode_step_cost(model_cfg, quant_cfg, batch_size: int, cache_len: int, cach
     platform = "gpu" if device.platform in ("cuda", "rocm") else device.platform
     model = engine.decode_layout(model_for(model_cfg, quant_cfg, LoraConfig(), abstract=True), layers, platform)
     model_cfg = model.cfg
-    graphdef, state = nnx.split(model)
+    graphdef, params = nnx.split(model)
     b = batch_size
-    carry = {"cache": jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, b, cache_len, cache_dtype)),
-             "token": jax.ShapeDtypeStruct((b,), jnp.int32), "position": jax.ShapeDtypeStruct((b,), jnp.int32),
-             "seen": jax.ShapeDtypeStruct((b, model_cfg.vocab_size), jnp.bool_),
-             "done": jax.ShapeDtypeStruct((b,), jnp.bool_)}
-    knobs = jax.eval_shape(SamplingParams().as_arrays)
-    key = jax.eval_shape(lambda: jax.random.key(0))
+    decode_state = engine.DecodeState(
+        jax.eval_shape(lambda: kv_cache.init_cache(model_cfg, b, cache_len, cache_dtype)),
+        jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32),
+        jax.ShapeDtypeStruct((b, model_cfg.vocab_size), jnp.bool_), jax.ShapeDtypeStruct((b,), jnp.bool_))
+    sampler = engine.Sampler(jax.ShapeDtypeStruct((b, 1), jnp.int32), jax.eval_shape(SamplingParams().as_arrays),
+                             jax.eval_shape(lambda: jax.random.key(0)), jax.ShapeDtypeStruct((), jnp.int32))
     mesh = jax.sharding.Mesh([[[device]]], ("data", "fsdp", "tensor"))
 
-    def step(state, carry, stops, knobs, key, limit):
+    def step(params, state, sampler):
         with use_mesh(mesh):
-            model = nnx.merge(graphdef, state)
-            return engine.decode_step(model, carry, jnp.int32(1), stops, knobs, key, limit, greedy=True)
+            return engine.decode_step(nnx.merge(graphdef, params), state, jnp.int32(1), sampler, greedy=True)
 
     sharding = jax.sharding.SingleDeviceSharding(device)
     args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        (state, carry, jax.ShapeDtypeStruct((b, 1), jnp.int32), knobs, key,
-                         jax.ShapeDtypeStruct((), jnp.int32)))
-    compiled = jax.jit(step, donate_argnums=1).lower(*args).compile()  # the loop updates its carry in place
+                        (params, decode_state, sampler))
+    compiled = jax.jit(step, donate_argnums=1).lower(*args).compile()  # the loop updates its state in place
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    weights = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    weights = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
     cache = kv_cache.cache_bytes(model_cfg, b, cache_len, cache_dtype)
     return StepCost(float(cost["bytes accessed"]), weights, cache, float(cost.get("flops", 0.0)), compiled.as_text())

@@ -11,18 +11,20 @@ cache slot, and every later slot of that row is masked because attention only se
 
 Shapes are bucketed (prompt width to a multiple of 32, new tokens to a multiple of 32) so
 nearby requests reuse the compiled programs. Streaming uses an ordered io_callback in the
-loop body: the host sees each step's tokens as they are produced and may ask to stop.
-LongRoPE models rebuild a row's cache with the long factors when that row crosses the switch
-point (`_rebuild_crossing_rows`, as transformers' Phi-3 does; docs/inference.md).
+loop body (`jaxlm.inference.streaming`): the host sees each step's tokens as they are produced
+and may ask to stop. LongRoPE models rebuild a row's cache with the long factors when that row
+crosses the switch point (a step hook: `jaxlm.inference.longrope`).
+
+The loop's state is a `DecodeState`; the per-call arrays that pick tokens are a `Sampler`, and the
+static choices that shape a compiled program are `DecodeOptions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,30 +34,46 @@ from jax.experimental import io_callback
 
 from jaxlm import ops
 from jaxlm.errors import memory_limit
-from jaxlm.inference import checks
+from jaxlm.inference import checks, longrope
 from jaxlm.inference.sampling import SamplingParams, next_token
+from jaxlm.inference.streaming import SINKS, TokenCallback
 from jaxlm.model import kv_cache
-from jaxlm.model.unstack import unstacked
+from jaxlm.model.layouts import to_unrolled
+from jaxlm.ops.policy import policy
 
 BUCKET = 32
-# Layer layout for generation per target platform ("auto"). cpu (measured, docs/inference.md): a
-# scanned decode step copies each layer's weights out of the stack (cost analysis: 3x the weight
-# bytes), unrolled reads them once. gpu / tpu (reasoned, unmeasured): their compilers feed a
-# dynamic slice straight into the matmul, and a scan keeps compile time flat in depth.
-LAYERS = {"cpu": "unroll", "gpu": "scan", "tpu": "scan"}
 CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
-# on_token(step, tokens (B,) np.int32, done (B,) np.bool_) -> True to stop early.
-TokenCallback = Callable[[int, np.ndarray, np.ndarray], "bool | None"]
-
-_sinks: dict[int, TokenCallback] = {}
-_sink_ids = itertools.count(1)
-_sink_lock = threading.Lock()
 
 
-def _emit(sink_id, step, tokens, done):
-    """Host side of the streaming callback: forward one step to the registered Python callable."""
-    stop = _sinks[int(sink_id)](int(step), np.asarray(tokens), np.asarray(done))
-    return np.bool_(bool(stop))
+class DecodeState(NamedTuple):
+    """The decode loop's carry: one entry per row b of the batch."""
+
+    cache: list  # per layer group (jaxlm.model.kv_cache)
+    token: jax.Array  # (B,) the token fed at this step (a done row's last one)
+    position: jax.Array  # (B,) the position it goes to
+    seen: jax.Array  # (B, V) bool: ids in the prompt or output (repetition penalty)
+    done: jax.Array  # (B,) bool: the row has produced a stop token
+    history: jax.Array | None = None  # (B, n + 1): LongRoPE only (`longrope.after_step`)
+
+
+class Sampler(NamedTuple):
+    """The traced arrays that choose tokens: changing them does not recompile."""
+
+    stops: jax.Array  # (B, K) int32 stop ids per row, -1 padded
+    knobs: dict  # SamplingParams.as_arrays()
+    key: jax.Array
+    vocab_limit: jax.Array  # () int32: ids at or past it are never sampled (the tokenizer's size)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """Static: each distinct value is its own compiled program."""
+
+    cache_len: int = 0  # prefill: cache slots per row
+    cache_dtype: str = "float32"  # prefill: kv_cache storage
+    out_len: int = 0  # decode: width of the (B, out_len) output
+    greedy: bool = True  # argmax (no sampling ops in the program)
+    stream: bool = False  # decode: call the host after every step
 
 
 @dataclasses.dataclass
@@ -79,8 +97,8 @@ class Engine:
     def __init__(self, model: nnx.Module, cache_dtype: str = "auto", vocab_limit: int | None = None,
                  layers: str = "auto"):
         """layers: "scan" runs each group of stacked layers as one lax.scan; "unroll" gives every layer
-        its own weights (`jaxlm.model.unstack`, a one-time copy) so a decode step reads each weight once
-        on XLA:CPU; "auto" = the `LAYERS` entry of the target platform."""
+        its own weights (`jaxlm.model.layouts.to_unrolled`, a one-time copy) so a decode step reads each weight once
+        on XLA:CPU; "auto" = the target platform's policy (`jaxlm.ops.policy`: decode_layers)."""
         checks.model("model", model)
         checks.choice("cache_dtype", cache_dtype, CACHE_DTYPES, "cache dtype")
         model = decode_layout(model, layers)
@@ -125,33 +143,26 @@ class Engine:
         for i, p in enumerate(prompts):
             tokens[i, :len(p)] = p
         stops = _stop_matrix(stop_tokens, b, self.cfg.eos_token_id)
-        knobs = sampling.as_arrays()
-        key = jax.random.key(sampling.seed)
-        limit = jnp.int32(self.vocab_limit)
 
         t0 = time.perf_counter()
-        stops_j = jnp.asarray(stops)
-        first, carry = _prefill_program(self.graphdef, self.state, jnp.asarray(tokens), jnp.asarray(lengths),
-                                        stops_j, knobs, key, limit, cache_len=cache_len,
-                                        cache_dtype=self.cache_dtype, greedy=sampling.greedy)
+        sampler = Sampler(jnp.asarray(stops), sampling.as_arrays(), jax.random.key(sampling.seed),
+                          jnp.int32(self.vocab_limit))
+        first, state = _prefill_program(self.graphdef, self.state, jnp.asarray(tokens), jnp.asarray(lengths),
+                                        sampler, DecodeOptions(cache_len=cache_len, cache_dtype=self.cache_dtype,
+                                                               greedy=sampling.greedy))
         first = np.asarray(first)
         ttft = time.perf_counter() - t0
         stopped = on_token is not None and bool(on_token(0, first, np.isin(first, stops)))
 
-        sink_id = 0
-        if on_token is not None:
-            with _sink_lock:
-                sink_id = next(_sink_ids)
-                _sinks[sink_id] = on_token
+        sink_id = SINKS.register(on_token) if on_token is not None else 0
         t1 = time.perf_counter()
         try:
             n_new = 1 if stopped else max_new_tokens
-            out = _decode_program(self.graphdef, self.state, carry, stops_j, knobs, key, limit, jnp.int32(n_new),
-                                  jnp.int32(sink_id), out_len=out_len, greedy=sampling.greedy,
-                                  stream=on_token is not None)
-            out = np.asarray(out)
+            options = DecodeOptions(out_len=out_len, greedy=sampling.greedy, stream=on_token is not None)
+            out = np.asarray(_decode_program(self.graphdef, self.state, state, sampler, jnp.int32(n_new),
+                                             jnp.int32(sink_id), options))
         finally:
-            _sinks.pop(sink_id, None)
+            SINKS.unregister(sink_id)
         decode_s = time.perf_counter() - t1
         return _collect(out, stops, max_new_tokens, lengths, ttft, decode_s)
 
@@ -176,8 +187,8 @@ def decode_layout(model: nnx.Module, layers: str = "auto", platform: str | None 
     """The model in the layer layout generation runs in (see `Engine`)."""
     checks.choice("layers", layers, ("auto", "scan", "unroll"), "layers layout")
     if layers == "auto":
-        layers = LAYERS.get(platform or ops.target_platform(), "scan")
-    return unstacked(model) if layers == "unroll" else model
+        layers = policy(platform or ops.target_platform()).decode_layers
+    return to_unrolled(model) if layers == "unroll" else model
 
 
 def _stop_matrix(stop_tokens, b: int, eos: int) -> np.ndarray:
@@ -210,112 +221,75 @@ def _collect(out: np.ndarray, stops: np.ndarray, max_new: int, lengths, ttft: fl
     return GenerationOutput(tokens, reasons, [int(n) for n in lengths], ttft, decode_s)
 
 
-def prefill(graphdef, state, tokens, lengths, stops, knobs, key, vocab_limit, *, cache_len: int,
-             cache_dtype: str, greedy: bool):
-    """Run the padded prompts (B, T) through the model, filling a fresh cache; pick token 0."""
-    model = nnx.merge(graphdef, state)
+def prefill(graphdef, params, tokens, lengths, sampler: Sampler, options: DecodeOptions):
+    """Run the padded prompts (B, T) through the model, filling a fresh cache; pick token 0.
+    Returns (first tokens (B,), the DecodeState after them)."""
+    model = nnx.merge(graphdef, params)
     b, t = tokens.shape
-    cache = kv_cache.init_cache(model.cfg, b, cache_len, cache_dtype)
+    cache = kv_cache.init_cache(model.cfg, b, options.cache_len, options.cache_dtype)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, cache = model.hidden_states(tokens, positions=positions, cache=cache, seq_lengths=lengths)  # (B, T, D)
+    hidden, cache = model.cached_hidden_states(tokens, positions=positions, cache=cache,
+                                               seq_lengths=lengths)  # (B, T, D)
     # Project only each row's last real token: (B, 1, D) -> (B, V), not (B, T, V) logits.
     last = model.logits(hidden[jnp.arange(b), lengths - 1][:, None])[:, 0]
     valid = jnp.arange(t)[None, :] < lengths[:, None]
     seen = jnp.zeros(last.shape, bool).at[jnp.arange(b)[:, None], tokens].max(valid)
-    first = next_token(last, seen, jax.random.fold_in(key, 0), knobs, greedy=greedy, vocab_limit=vocab_limit)
+    first = _pick(last, seen, sampler, 0, options.greedy)
     seen = seen.at[jnp.arange(b), first].set(True)
-    done = jnp.any(first[:, None] == stops, axis=-1)
-    carry = {"cache": cache, "token": first, "position": lengths, "seen": seen, "done": done}
-    switch = _longrope_switch(model.cfg, cache_len)
-    if switch is not None:  # the tokens a row recomputes when it crosses the switch (see _rebuild_crossing_rows)
-        m = min(t, switch + 1)
-        carry["history"] = jnp.zeros((b, switch + 1), jnp.int32).at[:, :m].set(tokens[:, :m])
-    return first, carry
+    done = jnp.any(first[:, None] == sampler.stops, axis=-1)
+    switch = longrope.switch_position(model.cfg, options.cache_len)
+    history = None if switch is None else longrope.initial_history(tokens, switch)
+    return first, DecodeState(cache, first, lengths, seen, done, history)
 
 
-def decode(graphdef, state, carry, stops, knobs, key, vocab_limit, max_new, sink_id, *, out_len: int,
-            greedy: bool, stream: bool):
+class _Loop(NamedTuple):
+    step: jax.Array  # () int32: tokens produced so far
+    state: DecodeState
+    out: jax.Array  # (B, out_len) ids, -1 after a row is done
+    halt: jax.Array  # () bool: the host asked to stop
+
+
+def decode(graphdef, params, state: DecodeState, sampler: Sampler, max_new, sink_id, options: DecodeOptions):
     """Tokens 1 .. max_new-1 in one while_loop. Returns (B, out_len) ids: -1 after a row is done."""
-    model = nnx.merge(graphdef, state)
-    b = carry["token"].shape[0]
-    out = jnp.full((b, out_len), -1, jnp.int32).at[:, 0].set(carry["token"])
+    model = nnx.merge(graphdef, params)
+    b = state.token.shape[0]
+    out = jnp.full((b, options.out_len), -1, jnp.int32).at[:, 0].set(state.token)
 
-    def cond(c):
-        step, _, _, halt = c
-        return (step < max_new) & ~jnp.all(c[1]["done"]) & ~halt
+    def cond(loop: _Loop):
+        return (loop.step < max_new) & ~jnp.all(loop.state.done) & ~loop.halt
 
-    def body(c):
-        step, s, out, _ = c
-        tok, s = decode_step(model, s, step, stops, knobs, key, vocab_limit, greedy=greedy)
-        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
+    def body(loop: _Loop):
+        tok, state = decode_step(model, loop.state, loop.step, sampler, options.greedy)
+        out = jax.lax.dynamic_update_slice(loop.out, tok[:, None], (0, loop.step))
         halt = jnp.bool_(False)
-        if stream:
-            halt = io_callback(_emit, jax.ShapeDtypeStruct((), jnp.bool_), sink_id, step, tok, s["done"],
+        if options.stream:
+            halt = io_callback(SINKS.emit, jax.ShapeDtypeStruct((), jnp.bool_), sink_id, loop.step, tok, state.done,
                                ordered=True)
-        return step + 1, s, out, halt
+        return _Loop(loop.step + 1, state, out, halt)
 
-    _, _, out, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), carry, out, jnp.bool_(False)))
-    return out
+    return jax.lax.while_loop(cond, body, _Loop(jnp.int32(1), state, out, jnp.bool_(False))).out
 
 
-def decode_step(model, s: dict, step, stops, knobs, key, vocab_limit, *, greedy: bool):
+def decode_step(model, state: DecodeState, step, sampler: Sampler, greedy: bool):
     """One token per row: the decode loop's body (and what `jaxlm.inference.cost` compiles).
-
-    s: the decode state (cache, token, position, seen, done[, history]). Returns this step's ids
-    (B,) (-1 for rows already done) and the next state.
-    """
-    b = s["token"].shape[0]
-    logits, cache = model(s["token"][:, None], positions=s["position"][:, None], cache=s["cache"])
-    if "history" in s:
-        history = s["history"].at[jnp.arange(b), s["position"]].set(s["token"], mode="drop")
-        logits, cache = _rebuild_crossing_rows(model, history, s["position"], s["done"], logits, cache)
-    tok = next_token(logits[:, 0], s["seen"], jax.random.fold_in(key, step), knobs, greedy=greedy,
-                     vocab_limit=vocab_limit)
-    tok = jnp.where(s["done"], -1, tok)
-    done = s["done"] | jnp.any(tok[:, None] == stops, axis=-1)
-    seen = s["seen"].at[jnp.arange(b), jnp.maximum(tok, 0)].max(tok >= 0)
-    new = {**s, "cache": cache, "token": jnp.maximum(tok, 0), "position": s["position"] + 1, "seen": seen,
-           "done": done}
-    if "history" in s:
-        new["history"] = history
-    return tok, new
+    Returns this step's ids (B,) (-1 for rows already done) and the next state."""
+    b = state.token.shape[0]
+    logits, cache = model.cached(state.token[:, None], positions=state.position[:, None], cache=state.cache)
+    history = state.history
+    if history is not None:
+        history, logits, cache = longrope.after_step(model, history, state.token, state.position, state.done,
+                                                     logits, cache)
+    tok = jnp.where(state.done, -1, _pick(logits[:, 0], state.seen, sampler, step, greedy))
+    done = state.done | jnp.any(tok[:, None] == sampler.stops, axis=-1)
+    seen = state.seen.at[jnp.arange(b), jnp.maximum(tok, 0)].max(tok >= 0)
+    return tok, DecodeState(cache, jnp.maximum(tok, 0), state.position + 1, seen, done, history)
 
 
-def _longrope_switch(cfg, cache_len: int) -> int | None:
-    """LongRoPE's switch position (original_max_position) when a decode over a cache of cache_len
-    slots can reach it, else None."""
-    rs = cfg.rope_scaling
-    return rs.original_max_position if rs.type == "longrope" and cache_len > rs.original_max_position else None
-
-
-def _rebuild_crossing_rows(model, history, position, done, logits, cache):
-    """LongRoPE across the switch: a row now feeding position n = original_max_position (its sequence
-    first exceeds n) drops its cache and recomputes it, and this step's logits, from its n + 1 tokens
-    with the long factors; later steps decode with long factors against that cache. This is what
-    transformers' Phi3ForCausalLM.prepare_inputs_for_generation does, per row here (docs/inference.md).
-
-    history (B, n + 1) token ids, position / done (B,), logits (B, 1, V), cache: the batch's.
-    """
-    n1 = history.shape[1]
-    crossing = (position == n1 - 1) & ~done
-
-    def rebuild(i, carry):
-        logits, cache = carry
-        fresh = kv_cache.init_cache(model.cfg, 1, n1, cache[0]["k"].dtype)
-        row = jax.lax.dynamic_slice_in_dim(history, i, 1)  # (1, n + 1)
-        hidden, fresh = model.hidden_states(row, positions=jnp.arange(n1)[None], cache=fresh)
-        logits = logits.at[i].set(model.logits(hidden[:, -1:])[0])
-        # Slots 0 .. n of row i: cache arrays are (L, B, Hkv, S[, D]), the fresh ones (L, 1, Hkv, n + 1[, D]).
-        cache = jax.tree.map(lambda old, new: jax.lax.dynamic_update_slice(old, new, (0, i) + (0,) * (old.ndim - 2)),
-                             cache, fresh)
-        return logits, cache
-
-    def maybe(i, carry):
-        return jax.lax.cond(crossing[i], rebuild, lambda i, c: c, i, carry)
-
-    return jax.lax.fori_loop(0, history.shape[0], maybe, (logits, cache))
+def _pick(logits, seen, sampler: Sampler, step, greedy: bool):
+    return next_token(logits, seen, jax.random.fold_in(sampler.key, step), sampler.knobs, greedy=greedy,
+                      vocab_limit=sampler.vocab_limit)
 
 
 # Module-level, keyed on the graphdef: engines over models of the same architecture share programs.
-_prefill_program = jax.jit(prefill, static_argnums=0, static_argnames=("cache_len", "cache_dtype", "greedy"))
-_decode_program = jax.jit(decode, static_argnums=0, static_argnames=("out_len", "greedy", "stream"))
+_prefill_program = jax.jit(prefill, static_argnums=(0, 5))
+_decode_program = jax.jit(decode, static_argnums=(0, 6))

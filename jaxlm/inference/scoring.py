@@ -84,6 +84,30 @@ class Scorer:
             count += int(mask.sum())
         return math.exp(total / count), count
 
+    def document_perplexities(self, docs: list[list[int]], batch_size: int = 16) -> np.ndarray:
+        """exp(mean negative log-likelihood) of each document on its own -> (len(docs),) float64; NaN for a
+        document of fewer than 2 tokens. Documents longer than the model's context are cut to it (callers
+        choose how many tokens to score). Batches of `batch_size` documents in the given order, each padded
+        to batch_size rows and a power-of-two width: a corpus compiles a few shapes, and a document's score
+        does not depend on the documents around it."""
+        checks.scoring_windows(None, batch_size, self.cfg.max_context)
+        docs = [d[:self.cfg.max_context] for d in docs]
+        out = np.full(len(docs), np.nan)
+        for start in range(0, len(docs), batch_size):
+            chunk = docs[start:start + batch_size]
+            width = min(_bucket(max(len(d) for d in chunk), 32), self.cfg.max_context)
+            ids = np.zeros((batch_size, width), np.int32)
+            mask = np.zeros((batch_size, width - 1), np.float32)
+            for i, d in enumerate(chunk):
+                ids[i, :len(d)] = d
+                mask[i, :max(len(d) - 1, 0)] = 1
+            lp = np.asarray(self._logprobs(self.state, jnp.asarray(ids), jnp.asarray(mask)), np.float64)
+            counts = mask.sum(axis=1)
+            for i in range(len(chunk)):
+                if counts[i] > 0:
+                    out[start + i] = math.exp(-lp[i].sum() / counts[i])
+        return out
+
 
 def _bucket(n: int, smallest: int) -> int:
     """The power of two >= n (and >= smallest): the padded sizes a scoring pass compiles for."""

@@ -16,15 +16,16 @@ the zeros; `plan` picks the fewest buckets whose extra training FLOPs stay withi
 
 Two layouts of a params-shaped tree (params, AdamW moments): *stored* (`groups/<g>` = one run of
 identical layers, unpadded: checkpoints and model dirs) and *bucketed* (`groups/<b>` = one bucket,
-padded: the model in memory and the train step). `to_buckets` and `to_stored` convert, exactly.
+padded: the model in memory and the train step). `pad` and `unpad` convert, exactly; every layout and
+its conversions: `jaxlm.model.layouts`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from jaxlm.model.spec import LayerSpec
 from jaxlm.model.flops import layer_flops
+from jaxlm.model.spec import LayerSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,7 @@ def overhead(buckets: tuple[Bucket, ...], model_dim: int, head_dim: int, seq_len
     return (padded - true) / (true + fixed_flops)
 
 
-def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
+def pad(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
     """A stored-layout params-shaped tree -> the bucketed layout: each run zero-padded at the end of
     every axis to its bucket's shape, the runs of a bucket concatenated on the layer axis."""
     # lazy: ModelConfig.buckets imports this module on every config read, which must not load JAX
@@ -108,8 +109,8 @@ def to_buckets(tree: dict, bucketed_abs: dict, buckets: tuple[Bucket, ...]) -> d
     return {**tree, "groups": groups}
 
 
-def to_stored(tree: dict, stored_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
-    """The inverse of `to_buckets`: each bucket split into its runs, the padding sliced off."""
+def unpad(tree: dict, stored_abs: dict, buckets: tuple[Bucket, ...]) -> dict:
+    """The inverse of `pad`: each bucket split into its runs, the padding sliced off."""
     # lazy: as above
     import jax
 

@@ -152,7 +152,7 @@ class ModelConfig:
         return tuple(buckets.Bucket(spec, ((spec, count),)) for spec, count in self.stored_groups)
 
     @property
-    def layer_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
+    def scan_groups(self) -> tuple[tuple[LayerSpec, int], ...]:
         """The model's scanned blocks as ((padded spec, layers), ...): each is stored stacked and run with
         one lax.scan (and has one KV-cache entry). Equal to `stored_groups` unless `bucketed`."""
         return tuple((b.spec, b.count) for b in self.buckets)

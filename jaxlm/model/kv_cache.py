@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.model.config import ModelConfig
+from jaxlm.model.kv_int8 import dequantize, quantize
 from jaxlm.ops import target_platform
+from jaxlm.ops.policy import policy
 
 LayerCache = dict[str, jax.Array]
 
@@ -29,7 +31,7 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=jnp.bfloat
     """Zeroed cache for `batch_size` rows of up to `max_len` positions; dtype int8 = quantized."""
     dtype = jnp.dtype(dtype)
     caches = []
-    for spec, count in cfg.layer_groups:
+    for spec, count in cfg.scan_groups:
         shape = (count, batch_size, spec.num_kv_heads, max_len, cfg.head_dim)
         group = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
         if dtype == jnp.int8:
@@ -45,30 +47,22 @@ def cache_bytes(cfg: ModelConfig, batch_size: int, max_len: int, dtype=jnp.bfloa
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
-def quantize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x (..., D) -> int8 values (..., D) and float32 scales (...): symmetric absmax per vector."""
-    x32 = x.astype(jnp.float32)
-    scale = jnp.max(jnp.abs(x32), axis=-1) / 127.0
-    q = jnp.round(x32 / jnp.where(scale == 0, 1.0, scale)[..., None])
-    return jnp.clip(q, -127, 127).astype(jnp.int8), scale
-
-
-def dequantize(q: jax.Array, scale: jax.Array, dtype) -> jax.Array:
-    return (q.astype(jnp.float32) * scale[..., None]).astype(dtype)
-
-
 def update_layer(cache: LayerCache, k: jax.Array, v: jax.Array, start: jax.Array
                  ) -> tuple[LayerCache, jax.Array, jax.Array]:
     """Write k, v (B, T, Hkv, D) at positions start[b] .. start[b] + T - 1 of each row.
 
     Returns the new cache and the full keys and values, head-major (B, Hkv, S, D) as stored, in
-    k's dtype, to attend over (`jaxlm.ops.cached_attention`).
+    k's dtype, to attend over (`jaxlm.ops.cached_attention`). A cache carrying a page table is a
+    paged one (`jaxlm.model.paged_kv`, the serving engine's): the same contract over pages.
     """
-    # One new token per row on a TPU, several rows: a select of the row's slot. The per-row
-    # dynamic_update_slice becomes a scatter, which the TPU compiler runs as a loop over rows
-    # whose result has another tiled layout than the stored cache, so every layer's K and V
-    # were copied per step (docs/inference.md, "TPU, whole step").
-    select = k.shape[0] > 1 and k.shape[1] == 1 and target_platform() == "tpu"
+    if "page_table" in cache:
+        from jaxlm.model import paged_kv  # lazy: paged_kv imports this module
+
+        return paged_kv.update_layer(cache, k, v, start)
+    # One new token in each of several rows: a select of the row's slot where the platform's policy says
+    # so (TPU: jaxlm/ops/policy.py gives the reason), else a per-row dynamic_update_slice.
+    one_token_rows = k.shape[0] > 1 and k.shape[1] == 1
+    select = one_token_rows and policy(target_platform()).cache_write_one_token == "select"
 
     def write(buf, new, s):  # buf (Hkv, S, ...), new (T, Hkv, ...)
         new = jnp.swapaxes(new, 0, 1).astype(buf.dtype)

@@ -11,6 +11,13 @@ Grouping q heads under their kv head keeps each kv head's q, k and v together, s
 parallelism can split the fused projection along kv heads.
 Layers with identical sizes are stacked on a leading "layers" axis and run with lax.scan; with
 `scan_pad_budget`, so are buckets of similar layers, zero-padded to one shape (jaxlm.model.buckets).
+
+Einsum letters: b batch, t tokens (query positions), d model_dim, k kv heads (Hkv), g query heads per
+kv head (G), h head_dim, c the FFN's gate/up pair (2), f ffn_dim, v vocabulary.
+
+Static options (norm eps, kernel impls, the sliding window) are fixed when a block is built, from the
+config; `__call__` takes data only. Every block returns (output, cache), cache None when not decoding.
+`Transformer.__call__` gives logits; `Transformer.cached` writes a KV cache and gives (logits, cache).
 """
 
 from __future__ import annotations
@@ -45,20 +52,23 @@ def _ones(shape: tuple[int, ...], axes: tuple, dtype) -> nnx.Param:
 class Attention(nnx.Module):
     """Grouped-query attention with fused qkv, optional QK-norm and RoPE."""
 
-    def __init__(self, stack: int, model_dim: int, head_dim: int, num_query_heads: int, num_kv_heads: int,
-                 qk_norm: bool, out_std: float, param_dtype, *, rngs: nnx.Rngs):
-        self.num_groups = num_query_heads // num_kv_heads  # query heads per kv head (G)
-        self.head_dim = head_dim
+    def __init__(self, stack: int, cfg: ModelConfig, spec: LayerSpec, out_std: float, *, rngs: nnx.Rngs):
+        dt = jnp.dtype(cfg.param_dtype)
+        self.num_groups = spec.num_query_heads // spec.num_kv_heads  # query heads per kv head (G)
+        self.head_dim = cfg.head_dim
+        self.norm_eps, self.norm_impl = cfg.norm_eps, cfg.norm_impl
+        self.attention_impl, self.sliding_window = cfg.attention_impl, cfg.sliding_window
         lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
-        self.qkv = _param(rngs, lead + (model_dim, num_kv_heads, self.num_groups + 2, head_dim), model_dim ** -0.5,
-                          lead_axes + BLOCK_WEIGHTS["attn.qkv"].axes, param_dtype)
-        self.out = _param(rngs, lead + (num_kv_heads, self.num_groups, head_dim, model_dim), out_std,
-                          lead_axes + BLOCK_WEIGHTS["attn.out"].axes, param_dtype)
-        self.q_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
-        self.k_norm = _ones(lead + (head_dim,), lead_axes + ("head_dim",), param_dtype) if qk_norm else None
+        self.qkv = _param(rngs, lead + (cfg.model_dim, spec.num_kv_heads, self.num_groups + 2, cfg.head_dim),
+                          cfg.model_dim ** -0.5, lead_axes + BLOCK_WEIGHTS["attn.qkv"].axes, dt)
+        self.out = _param(rngs, lead + (spec.num_kv_heads, self.num_groups, cfg.head_dim, cfg.model_dim), out_std,
+                          lead_axes + BLOCK_WEIGHTS["attn.out"].axes, dt)
+        head_norm = lead + (cfg.head_dim,), lead_axes + ("head_dim",), dt
+        self.q_norm = _ones(*head_norm) if cfg.qk_norm else None
+        self.k_norm = _ones(*head_norm) if cfg.qk_norm else None
 
-    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl,
-                 sliding_window=None):
+    def __call__(self, x, cos, sin, *, segment_ids, positions, cache):
+        """x (B, T, D) -> ((B, T, D), the new cache or None)."""
         b, t, _ = x.shape
         g = self.num_groups
         qkv = ops.dense("btd,dkgh->btkgh", x, self.qkv[...])  # (B, T, Hkv, G + 2, hd)
@@ -66,16 +76,16 @@ class Attention(nnx.Module):
         q = qkv[:, :, :, :g].reshape(b, t, hkv * g, self.head_dim)  # (B, T, Hq, hd); head h -> kv head h // G
         k, v = qkv[:, :, :, g], qkv[:, :, :, g + 1]  # (B, T, Hkv, hd)
         if self.q_norm is not None:
-            q = ops.rms_norm(q, self.q_norm[...], norm_eps, norm_impl)
-            k = ops.rms_norm(k, self.k_norm[...], norm_eps, norm_impl)
+            q = ops.rms_norm(q, self.q_norm[...], self.norm_eps, self.norm_impl)
+            k = ops.rms_norm(k, self.k_norm[...], self.norm_eps, self.norm_impl)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            out = ops.attention(q, k, v, causal=True, segment_ids=segment_ids, sliding_window=sliding_window,
-                                impl=attention_impl)
+            out = ops.attention(q, k, v, causal=True, segment_ids=segment_ids, sliding_window=self.sliding_window,
+                                impl=self.attention_impl)
         else:
             cache, k_all, v_all = kv_cache.update_layer(cache, k, v, positions[:, 0])  # (B, Hkv, S, hd)
-            out = ops.cached_attention(q, k_all, v_all, positions, sliding_window=sliding_window,
-                                       impl=attention_impl)
+            out = ops.cached_attention(q, k_all, v_all, positions, sliding_window=self.sliding_window,
+                                       impl=self.attention_impl)
         out = out.reshape(b, t, hkv, g, self.head_dim)
         return ops.dense("btkgh,kghd->btd", out, self.out[...]), cache
 
@@ -108,19 +118,18 @@ class Block(nnx.Module):
         dt = jnp.dtype(cfg.param_dtype)
         out_std = cfg.model_dim ** -0.5 * (2 * cfg.num_layers) ** -0.5
         lead, lead_axes = ((stack,), ("layers",)) if stack else ((), ())
+        self.norm_eps, self.norm_impl = cfg.norm_eps, cfg.norm_impl
         self.attn_norm = _ones(lead + (cfg.model_dim,), lead_axes + NORM_AXES, dt)
-        self.attn = Attention(stack, cfg.model_dim, cfg.head_dim, spec.num_query_heads, spec.num_kv_heads,
-                              cfg.qk_norm, out_std, dt, rngs=rngs)
+        self.attn = Attention(stack, cfg, spec, out_std, rngs=rngs)
         self.ffn_norm = _ones(lead + (cfg.model_dim,), lead_axes + NORM_AXES, dt)
         self.ffn = FeedForward(stack, cfg.model_dim, spec.ffn_dim, cfg.activation, out_std, dt, rngs=rngs)
 
-    def __call__(self, x, cos, sin, *, segment_ids, positions, cache, norm_eps, attention_impl, norm_impl,
-                 sliding_window=None):
-        attn_out, cache = self.attn(ops.rms_norm(x, self.attn_norm[...], norm_eps, norm_impl), cos, sin,
-                                    segment_ids=segment_ids, positions=positions, cache=cache, norm_eps=norm_eps,
-                                    attention_impl=attention_impl, norm_impl=norm_impl,
-                                    sliding_window=sliding_window)
-        h, normed = ops.rms_norm_residual(attn_out, x, self.ffn_norm[...], norm_eps, norm_impl)  # h = x + attn_out
+    def __call__(self, x, cos, sin, *, segment_ids, positions, cache):
+        """x (B, T, D) -> ((B, T, D), the new cache or None)."""
+        attn_out, cache = self.attn(ops.rms_norm(x, self.attn_norm[...], self.norm_eps, self.norm_impl), cos, sin,
+                                    segment_ids=segment_ids, positions=positions, cache=cache)
+        h, normed = ops.rms_norm_residual(attn_out, x, self.ffn_norm[...], self.norm_eps,
+                                          self.norm_impl)  # h = x + attn_out
         return h + self.ffn(normed), cache
 
 
@@ -131,45 +140,52 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         dt = jnp.dtype(cfg.param_dtype)
         self.embed = _param(rngs, (cfg.vocab_size, cfg.model_dim), cfg.model_dim ** -0.5, EMBED_AXES, dt)
-        self.groups = nnx.List([Block(count, cfg, spec, rngs=rngs) for spec, count in cfg.layer_groups])
+        self.groups = nnx.List([Block(count, cfg, spec, rngs=rngs) for spec, count in cfg.scan_groups])
         self.final_norm = _ones((cfg.model_dim,), NORM_AXES, dt)
         self.lm_head = None if cfg.tie_embeddings else _param(
             rngs, (cfg.model_dim, cfg.vocab_size), cfg.model_dim ** -0.5, LM_HEAD_AXES, dt)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, cache: list | None = None):
-        """tokens (B, T) int. positions (B, T): default restart at 0 in each segment.
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """tokens (B, T) int -> logits (B, T, V) float32. positions (B, T): default restart at 0 in each
+        segment. segment_ids (B, T): packed documents (tokens attend only within their segment)."""
+        return self.logits(self.hidden_states(tokens, positions=positions, segment_ids=segment_ids))
 
-        segment_ids (B, T): packed documents (tokens attend only within their segment).
-        cache: from `kv_cache.init_cache`; then tokens are written at `positions` and
-        (logits, new_cache) is returned. Logits (B, T, V) are float32.
-        """
-        out = self.hidden_states(tokens, positions=positions, segment_ids=segment_ids, cache=cache)
-        return self.logits(out) if cache is None else (self.logits(out[0]), out[1])
+    def cached(self, tokens: jax.Array, *, positions: jax.Array, cache: list, seq_lengths: jax.Array | None = None):
+        """Decode (or prefill) against a KV cache from `kv_cache.init_cache`: tokens (B, T) are written at
+        `positions` (B, T) -> (logits (B, T, V) float32, the new cache)."""
+        hidden, cache = self.cached_hidden_states(tokens, positions=positions, cache=cache, seq_lengths=seq_lengths)
+        return self.logits(hidden), cache
 
     def hidden_states(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None, cache: list | None = None,
-                      seq_lengths: jax.Array | None = None):
-        """As __call__, but stops before the output projection: (B, T, D) after the final norm, in
-        the compute dtype (and the new cache). The train step and prefill project only what they need.
-        seq_lengths (B,): real tokens per row of a right-padded batch, for LongRoPE's per-row choice
-        of factors (see `rope_tables`); default each row's largest position + 1."""
-        cfg = self.cfg
-        dtype = jnp.dtype(cfg.compute_dtype)
+                      segment_ids: jax.Array | None = None, seq_lengths: jax.Array | None = None) -> jax.Array:
+        """As __call__, but stops before the output projection: (B, T, D) after the final norm, in the compute
+        dtype. The train step and the scorer project only what they need. seq_lengths: as in
+        `cached_hidden_states`."""
         if positions is None:
             positions = segment_positions(segment_ids) if segment_ids is not None else jnp.broadcast_to(
                 jnp.arange(tokens.shape[1]), tokens.shape)
+        return self._run(tokens, positions, segment_ids, None, seq_lengths)[0]
+
+    def cached_hidden_states(self, tokens: jax.Array, *, positions: jax.Array, cache: list,
+                             seq_lengths: jax.Array | None = None):
+        """As `cached`, stopping before the output projection: ((B, T, D), the new cache). Prefill projects only
+        each row's last token. seq_lengths (B,): real tokens per row of a right-padded batch, for LongRoPE's
+        per-row choice of factors (see `rope_tables`); default each row's largest position + 1."""
+        return self._run(tokens, positions, None, cache, seq_lengths)
+
+    def _run(self, tokens, positions, segment_ids, cache, seq_lengths):
+        cfg = self.cfg
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_context,
                                seq_lengths)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dtype)  # (B, T, D)
-        kwargs = dict(segment_ids=segment_ids, positions=positions, norm_eps=cfg.norm_eps,
-                      attention_impl=cfg.attention_impl, norm_impl=cfg.norm_impl, sliding_window=cfg.sliding_window)
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(cfg.compute_dtype))  # (B, T, D)
+        data = dict(segment_ids=segment_ids, positions=positions)
         new_cache = []
         for i, block in enumerate(self.groups):
-            x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat, kwargs)
+            x, group_cache = run_group(block, x, cos, sin, None if cache is None else cache[i], cfg.remat, data)
             new_cache.append(group_cache)
         x = ops.rms_norm(x, self.final_norm[...], cfg.norm_eps, cfg.norm_impl)
-        return x if cache is None else (x, new_cache)
+        return x, (None if cache is None else new_cache)
 
     def output_head(self) -> tuple[str, jax.Array]:
         """The output projection as (einsum equation (B, T, D) -> (B, T, V), weight): the embedding
@@ -189,18 +205,19 @@ def project_logits(x: jax.Array, equation: str, weight: jax.Array) -> jax.Array:
     return ops.dense(equation, x, weight, out_dtype=jnp.float32)
 
 
-def run_group(block: Block, x, cos, sin, cache, remat: str, kwargs):
-    """Run a stack of identical layers with lax.scan over their stacked parameters (and cache)."""
+def run_group(block: Block, x, cos, sin, cache, remat: str, data: dict):
+    """Run a stack of identical layers with lax.scan over their stacked parameters (and cache). data: the
+    blocks' segment_ids and positions."""
     graphdef, state = nnx.split(block)
-    return scan_layers(graphdef, state, x, cos, sin, cache, remat, kwargs)
+    return scan_block(graphdef, state, x, cos, sin, cache, remat, data)
 
 
-def scan_layers(graphdef, state, x, cos, sin, cache, remat: str, kwargs):
+def scan_block(graphdef, state, x, cos, sin, cache, remat: str, data: dict):
     """lax.scan of one block's graph over parameters (and cache) stacked on the leading axis."""
 
     def body(h, layer):
         layer_state, layer_cache = layer
-        h, layer_cache = nnx.merge(graphdef, layer_state)(h, cos, sin, cache=layer_cache, **kwargs)
+        h, layer_cache = nnx.merge(graphdef, layer_state)(h, cos, sin, cache=layer_cache, **data)
         return constrain(h, ("batch", None, None)), layer_cache  # no-op without a training mesh
 
     if remat != "none":

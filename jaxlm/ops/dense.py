@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.ops.dispatch import target_platform
+from jaxlm.ops.policy import policy
 
 
 @functools.lru_cache(maxsize=256)
@@ -42,7 +43,7 @@ def dense(equation: str, x: jax.Array, w, dtype=None, out_dtype=None) -> jax.Arr
         return w.dense(equation, x, dtype)
     x, w = x.astype(dtype), jnp.asarray(w).astype(dtype)
     n = trailing_contraction(equation)
-    if n is None or target_platform() == "tpu":
+    if n is None or not policy(target_platform()).dense_as_2d_dot:
         return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(out_dtype)
     lead, out_dims = x.shape[:x.ndim - n], w.shape[n:]
     x2 = x.reshape(lead + (math.prod(w.shape[:n]),))

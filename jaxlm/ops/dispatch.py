@@ -28,34 +28,17 @@ from jax.experimental.pallas import tpu as pltpu
 import kernels_pallas.attention as pallas_attention
 import kernels_pallas.rmsnorm as pallas_rmsnorm
 from jaxlm.errors import JaxlmError
-from jaxlm.ops import choices
+from jaxlm.ops import choices, paged
+from jaxlm.ops.policy import KERNEL_BASIS, POLICIES, policy
 from jaxlm.ops.sharded import per_shard
 from jaxlm.parallel import rules
 from kernels_pallas.attention import blockwise_attention, cached_attention as cached_attention_xla
 from kernels_pallas.rmsnorm import rms_norm_reference, rms_norm_residual_reference
 
-# What "auto" picks, per target platform and op, and what each choice rests on (AUTO_BASIS):
-# "measured" (run on the hardware: experiments/results/kernels.md), "compiled" (built by the
-# platform's real compiler on this CPU: memory and kernel calls known, speed not), "reasoned".
-AUTO: dict[str, dict[str, str]] = {
-    # Pallas only interprets on a CPU; XLA is the fast path there. qmatmul: "xla" on a CPU is the
-    # chunked qmatmul_streamed (benchmarks/results/decode.md; why not one dot: docs/inference.md).
-    "cpu": {"attention": "xla", "rms_norm": "xla", "qmatmul": "xla"},
-    # Compiled for sm_90 (benchmarks/results/gpu_compile.md): packed training batches carry segment
-    # ids, which jax.nn's cuDNN attention cannot take, so "cudnn" would run XLA attention in every
-    # train step; the Triton kernel takes segments, GQA and windows and needs less memory than XLA's.
-    # XLA fuses RMSNorm into its neighbours. qmatmul: the kernel reads the codes, XLA would write
-    # the dequantized weight to HBM.
-    "gpu": {"attention": "pallas", "rms_norm": "xla", "qmatmul": "pallas"},
-    # Compiled with libtpu, never run on a TPU: the Mosaic kernels keep attention O(T) in memory and
-    # fuse the residual add into the norm; the quantized matmul reads the packed codes.
-    "tpu": {"attention": "pallas", "rms_norm": "pallas", "qmatmul": "pallas"},
-}
-AUTO_BASIS: dict[str, dict[str, str]] = {
-    "cpu": {"attention": "reasoned", "rms_norm": "reasoned", "qmatmul": "measured"},
-    "gpu": {"attention": "compiled", "rms_norm": "reasoned", "qmatmul": "compiled"},
-    "tpu": {"attention": "compiled", "rms_norm": "compiled", "qmatmul": "compiled"},
-}
+# What "auto" picks per platform and op, and what each choice rests on: views of the policy records
+# (jaxlm/ops/policy.py, where the reasons are written).
+AUTO: dict[str, dict[str, str]] = {platform: record.kernels for platform, record in POLICIES.items()}
+AUTO_BASIS = KERNEL_BASIS
 
 IMPLS = ("auto", "xla", "pallas", "cudnn")
 INTERPRET_ENV = "JAXLM_PALLAS_INTERPRET"
@@ -209,11 +192,17 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_positions: jax.
     asked = resolve_impl(impl, "attention")
     if sliding_window is not None and sliding_window < 1:
         raise JaxlmError(f"attention: sliding_window {sliding_window} needs a window >= 1")
+    paged_why = ""
+    if isinstance(k, paged.PagedKV):  # a paged cache (jaxlm.model.paged_kv): the TPU kernel, else a gathered view
+        tpu = asked == "pallas" and pallas_target()[0] == "tpu"
+        paged_why = paged.kernel_skip_reason(q, k, sliding_window) if tpu else ""
+        if tpu and not paged_why:
+            choices.note("attention", choices.pallas_name(*pallas_target()))
+            return paged.paged_attention(q, k, v, q_positions, interpret=pallas_target()[1])
+        k, v = k.view(q.dtype), v.view(q.dtype)
     if q.shape[1] <= CACHED_QUERIES:
-        choices.note("attention", "xla", "" if asked == "xla" else "queries against the KV cache")
-        if target_platform() == "cpu" and q.dtype != jnp.float32:
-            # XLA:CPU has no batched bf16 x bf16 -> f32 dot ("Unsupported element type for DotThunk");
-            # it would upcast a bf16 dot anyway.
+        choices.note("attention", "xla", "" if asked == "xla" else paged_why or "queries against the KV cache")
+        if policy(target_platform()).cached_attention_in_f32 and q.dtype != jnp.float32:
             f32 = [x.astype(jnp.float32) for x in (q, k, v)]
             return cached_attention_xla(*f32, q_positions, sliding_window).astype(q.dtype)
         return cached_attention_xla(q, k, v, q_positions, sliding_window)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import kernels_pallas.qmatmul as pallas_qmatmul
 from jaxlm.ops import choices
 from jaxlm.ops.dispatch import as_jaxlm_error, pallas_target, resolve_impl, target_platform
+from jaxlm.ops.policy import policy
 from jaxlm.ops.sharded import per_shard
 
 
@@ -39,7 +40,7 @@ def quantized_matmul(x: jax.Array, codes: jax.Array, scale: jax.Array, zero: jax
         return pallas_qmatmul.qmatmul_reference(x, codes, scale, zero, bits=bits, out_dtype=dtype)
     if impl != "pallas":
         choices.note("qmatmul", "xla")
-        if target_platform() == "cpu":
+        if policy(target_platform()).xla_qmatmul == "streamed":
             return pallas_qmatmul.qmatmul_streamed(x, codes, scale, zero, bits=bits, out_dtype=dtype)
         return pallas_qmatmul.qmatmul_reference(x, codes, scale, zero, bits=bits, out_dtype=dtype)
     platform, interpret = pallas_target()

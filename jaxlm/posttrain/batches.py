@@ -51,7 +51,8 @@ class ChatExamples:
     def __init__(self, cfg, tokenizer, path: str, seq_len: int):
         chat_set = load_chat_set(path, cfg.preference)
         renderer = ChatRenderer(tokenizer, chat_template(cfg, tokenizer), cfg.train_on)
-        self.preference, self.seq_len, self.pad_id, self.too_long = cfg.preference, seq_len, tokenizer.pad_id, cfg.too_long
+        self.preference, self.seq_len, self.pad_id, self.too_long = (cfg.preference, seq_len, tokenizer.pad_id,
+                                                                     cfg.too_long)
         self.counts = {"records": len(chat_set.examples) + chat_set.dropped_identical,
                        "identical_pairs": chat_set.dropped_identical}
         self.examples = []

@@ -40,7 +40,8 @@ def speeches(text: str) -> list[tuple[str, list[str]]]:
 def build(out: Path, seed: int = 0) -> dict[str, int]:
     rng = random.Random(seed)
     order_rng = random.Random(seed + 1)  # its own stream: the other files stay as they were without it
-    plays = {f.stem: speeches(f.read_text(encoding="utf-8")) for f in sorted(resolve_path("bundled:corpus/train").glob("*.txt"))}
+    plays = {f.stem: speeches(f.read_text(encoding="utf-8"))
+             for f in sorted(resolve_path("bundled:corpus/train").glob("*.txt"))}
     files = {name: [] for name in ("sft_train", "sft_valid", "dpo_train", "dpo_valid", "dpo_order_train",
                                    "dpo_order_valid")}
     for play, play_speeches in plays.items():

@@ -106,7 +106,8 @@ def load_chat_set(path: str, preference: bool) -> ChatSet:
 def _wrong_kind(path: str, where: str, is_pair: bool) -> str:
     if is_pair:
         return (f"chat data {path} is a preference file ({where} has chosen/rejected), but posttrain.objective=sft "
-                f"trains on conversations; set posttrain.objective=dpo (or simpo), or give {{\"messages\": ...}} records")
+                f"trains on conversations; set posttrain.objective=dpo (or simpo), "
+                f"or give {{\"messages\": ...}} records")
     return (f"chat data {path} is not a preference file ({where} has no chosen/rejected), but DPO and SimPO train "
             f"on pairs; give {{\"prompt\", \"chosen\", \"rejected\"}} records, or set posttrain.objective=sft")
 
@@ -135,7 +136,8 @@ def _pair(where: str, record: dict) -> Pair:
     rejected = as_turns(where, "rejected", record["rejected"], "assistant")
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
         if not any(m["role"] == "assistant" for m in turns):
-            raise JaxlmError(f"{where}: {key} has no assistant turn; give the answer as a string or an assistant message")
+            raise JaxlmError(f"{where}: {key} has no assistant turn; "
+                             "give the answer as a string or an assistant message")
     return Pair(prompt, chosen, rejected)
 
 

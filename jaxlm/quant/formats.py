@@ -43,7 +43,8 @@ class Scheme:
 
     def __post_init__(self):
         if self.bits not in SUPPORTED_BITS:
-            raise JaxlmError(f"unsupported bit width {self.bits}; choose one of {SUPPORTED_BITS} (16 = no quantization)")
+            raise JaxlmError(f"unsupported bit width {self.bits}; "
+                             f"choose one of {SUPPORTED_BITS} (16 = no quantization)")
         if self.group_size not in SUPPORTED_GROUPS:
             raise JaxlmError(f"unsupported group size {self.group_size}; choose one of 32, 64, 128, 256 "
                              f"(or none for per-output-channel scales)")

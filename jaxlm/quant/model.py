@@ -18,8 +18,8 @@ from flax import nnx
 from jaxlm.errors import JaxlmError
 from jaxlm.model import abstract_model
 from jaxlm.model.layout import BLOCK_WEIGHTS, EMBED_AXES, LM_HEAD_AXES
-from jaxlm.quant.config import QuantConfig
 from jaxlm.quant import formats
+from jaxlm.quant.config import QuantConfig
 from jaxlm.quant.formats import Scheme
 from jaxlm.quant.qweight import QuantizedWeight
 
@@ -49,7 +49,8 @@ def is_quantized(model) -> bool:
 
 
 def quantize_model(model, qcfg: QuantConfig,
-                   quantize_fn: Callable[[int, str, jax.Array, Scheme, tuple[int, int]], QuantizedWeight] | None = None):
+                   quantize_fn: Callable[[int, str, jax.Array, Scheme, tuple[int, int]],
+                                         QuantizedWeight] | None = None):
     """Replace the model's weights by QuantizedWeight modules (in place) and return the model.
 
     quantize_fn(group, name, w, scheme, dims) overrides round-to-nearest for the block weights
@@ -89,7 +90,8 @@ def dequantize_model(model):
     for _, name, parent, attr, _ in block_weights(model):
         w = getattr(parent, attr)
         if isinstance(w, QuantizedWeight):
-            setattr(parent, attr, nnx.Param(w.dequantize(), axes=("layers",) * len(w.lead_shape) + BLOCK_WEIGHTS[name].axes))
+            setattr(parent, attr, nnx.Param(w.dequantize(),
+                                            axes=("layers",) * len(w.lead_shape) + BLOCK_WEIGHTS[name].axes))
     if isinstance(model.embed, QuantizedWeight):
         model.embed = nnx.Param(model.embed.dequantize(), axes=EMBED_AXES)
     if isinstance(model.lm_head, QuantizedWeight):
@@ -145,7 +147,8 @@ def group_sizes(model) -> dict[str, int]:
     out = {}
     for path, node in nnx.iter_graph(model):
         if isinstance(node, QuantizedWeight):
-            out[".".join(str(p) for p in path)] = node.codes.shape[-2] * formats.PER_BYTE[node.bits] // node.scale.shape[-2]
+            out[".".join(str(p) for p in path)] = (node.codes.shape[-2] * formats.PER_BYTE[node.bits]
+                                                   // node.scale.shape[-2])
     return out
 
 

@@ -108,7 +108,8 @@ class Tokenizer(abc.ABC):
         if not self.hf_config:
             return []
 
-        return [write_file(Path(directory) / HF_CONFIG_FILE, json.dumps(dict(self.hf_config), indent=2, ensure_ascii=False))]
+        return [write_file(Path(directory) / HF_CONFIG_FILE,
+                           json.dumps(dict(self.hf_config), indent=2, ensure_ascii=False))]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, "

@@ -168,7 +168,8 @@ def _from_sentencepiece(tok):
     prefix = [normalizers.Prepend(SPACE)] if norm.add_dummy_prefix else []
     backend.normalizer = normalizers.Sequence(prefix + [normalizers.Replace(" ", SPACE)])
     strip = [decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else []
-    backend.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()] + strip)
+    backend.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(),
+                                         decoders.Fuse()] + strip)
     backend.add_special_tokens([AddedToken(p, special=True, normalized=False) for p, _, t in pieces if t == control])
     names = {i: p for p, i in tok.special_tokens.items()}
     backend.post_processor = _post_processor(names.get(tok.bos_id), tok.bos_id)

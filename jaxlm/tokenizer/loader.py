@@ -35,7 +35,8 @@ def load_tokenizer(path: str | Path, kind: Kind = "auto") -> Tokenizer:
     if kind in ("auto", "hf") and json_file.name == hf_json.FILE_NAME and json_file.is_file():
         return hf_json.HFTokenizer.from_dir(json_file.parent)
     if kind == "hf":
-        raise JaxlmError(f"no tokenizer.json in {p}; give a folder written by a Hugging Face tokenizer's save_pretrained")
+        raise JaxlmError(f"no tokenizer.json in {p}; "
+                         "give a folder written by a Hugging Face tokenizer's save_pretrained")
     sidecar: dict | None = None
     if p.is_dir():
         if (p / tiktoken_bpe.SIDECAR_FILE).is_file():

@@ -33,7 +33,7 @@ class StepBytes:
 
 def step_bytes(run_cfg) -> StepBytes:
     """A lower bound on one train step's live bytes (the whole job, all devices together)."""
-    m, tc, quant = run_cfg.model, run_cfg.train, run_cfg.quant
+    m, tc, quant = run_cfg.model, run_cfg.train, run_cfg.quant  # sizes of the real layers: any layout
     micro = tc.batch_size // tc.micro_batches
     # each block's input (B, T, D) is saved for the backward pass, even under full remat
     residual = m.num_layers * micro * tc.seq_len * m.model_dim * DTYPE_BYTES[m.compute_dtype]

@@ -57,7 +57,8 @@ class PreferenceObjective:
     """dpo / simpo on rows of one pair each."""
 
     def __init__(self, cfg, loss_chunk: int):
-        self.kind, self.beta, self.label_smoothing, self.gamma = cfg.objective, cfg.beta, cfg.label_smoothing, cfg.simpo_gamma
+        self.kind, self.beta, self.label_smoothing, self.gamma = (cfg.objective, cfg.beta, cfg.label_smoothing,
+                                                                  cfg.simpo_gamma)
         self.loss_chunk = loss_chunk
         self.needs_reference = cfg.objective == "dpo"
         self.sum_keys = ("total", "count", "ce", "z", "tokens", *PAIR_METRICS.values())
@@ -81,7 +82,8 @@ class PreferenceObjective:
             rejected_scores = rejected / jnp.maximum(n_rejected, 1.0)
             losses = preference_loss(chosen_scores - self.gamma / self.beta, rejected_scores, self.beta,
                                      self.label_smoothing)
-        chosen_rewards, rejected_rewards = (self.beta * jax.lax.stop_gradient(x) for x in (chosen_scores, rejected_scores))
+        chosen_rewards, rejected_rewards = (self.beta * jax.lax.stop_gradient(x)
+                                            for x in (chosen_scores, rejected_scores))
         weight = is_pair.astype(jnp.float32)
         total = lambda x: jnp.sum(x * weight)  # noqa: E731
         zero = jnp.zeros((), jnp.float32)

@@ -1,7 +1,7 @@
 """The train step as a program: model, shardings, optimizer and the jitted step, built from
 abstract shapes on a mesh, so nothing is allocated.
 
-The trainer compiles it and feeds it real arrays; `jaxlm compile` (jaxlm.compile) compiles it
+The trainer compiles it and feeds it real arrays; `jaxlm compile` (`jaxlm/aot/programs.py`) compiles it
 for a TPU topology on any host, to size a job before paying for it. Both build it here.
 """
 
@@ -11,8 +11,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
+from jaxlm.checkpoint import load_model
 from jaxlm.errors import ConfigError
 from jaxlm.model import bucketed_tree, stored_tree
 from jaxlm.parallel import param_shardings, rules
@@ -42,11 +44,11 @@ class TrainProgram:
 
     def for_checkpoint(self, params, opt_state):
         """(params, opt_state) in the layout checkpoints hold: unpadded layers (identity unless bucketed)."""
-        return (params, opt_state) if self.stored is None else self.stored.to_stored(params, opt_state)
+        return (params, opt_state) if self.stored is None else self.stored.unpad(params, opt_state)
 
     def from_checkpoint(self, params, opt_state):
         """The inverse of `for_checkpoint`: restored trees -> the layout the step runs."""
-        return (params, opt_state) if self.stored is None else self.stored.to_bucketed(params, opt_state)
+        return (params, opt_state) if self.stored is None else self.stored.pad(params, opt_state)
 
     def checkpoint_abstract(self) -> tuple[dict, object]:
         """(params + frozen, opt_state) as sharded ShapeDtypeStructs in the checkpoint layout: restore targets."""
@@ -80,23 +82,24 @@ class StoredLayout:
 
     params_abs: dict  # sharded ShapeDtypeStructs, unpadded
     opt_abs: object
-    to_stored: object  # jitted (params, opt_state) -> unpadded
-    to_bucketed: object  # jitted, the inverse
+    unpad: object  # jitted (params, opt_state) BUCKETED -> STORED (jaxlm.model.layouts)
+    pad: object  # jitted, the inverse
 
 
 def stored_layout(run_cfg, mesh: Mesh, p_shard, o_shard) -> StoredLayout:
     cfg = run_cfg.model
     model_abs = model_for(cfg.stored(), run_cfg.quant, run_cfg.lora, abstract=True)
     split, params_abs, rest_abs = split_model(model_abs, run_cfg.lora)
-    assert not rest_abs, "layer buckets are only used without quantization or LoRA (RunConfig)"
+    assert not rest_abs, "layer buckets are only used without quantization or LoRA (jaxlm.variants.layout_config)"
     axes = logical_axes(split.trainable)
     sp_shard = param_shardings(axes, params_abs, mesh)
     tx, _ = make_optimizer(run_cfg.train, axes)
     so_shard = opt_state_shardings(tx, params_abs, sp_shard, mesh)
-    to_stored = jax.jit(lambda p, o: (stored_tree(cfg, p), stored_tree(cfg, o)), out_shardings=(sp_shard, so_shard))
-    to_bucketed = jax.jit(lambda p, o: (bucketed_tree(cfg, p), bucketed_tree(cfg, o)), out_shardings=(p_shard, o_shard))
-    return StoredLayout(with_shardings(params_abs, sp_shard), with_shardings(jax.eval_shape(tx.init, params_abs), so_shard),
-                        to_stored, to_bucketed)
+    unpad = jax.jit(lambda p, o: (stored_tree(cfg, p), stored_tree(cfg, o)), out_shardings=(sp_shard, so_shard))
+    pad = jax.jit(lambda p, o: (bucketed_tree(cfg, p), bucketed_tree(cfg, o)), out_shardings=(p_shard, o_shard))
+    return StoredLayout(with_shardings(params_abs, sp_shard),
+                        with_shardings(jax.eval_shape(tx.init, params_abs), so_shard),
+                        unpad, pad)
 
 
 def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
@@ -116,7 +119,7 @@ def build_train_program(run_cfg, mesh: Mesh) -> TrainProgram:
     step_fn = jit_train_step(step, mesh, state_shard, r_shard)
     evaluate = make_eval_step(split, make_objective(run_cfg.posttrain, 0.0, tc.loss_chunk), reference)
     eval_fn = jit_eval_step(evaluate, mesh, {k: v for k, v in state_shard.items() if k != "opt_state"}, r_shard)
-    stored = stored_layout(run_cfg, mesh, p_shard, o_shard) if run_cfg.model.bucketed else None
+    stored = stored_layout(run_cfg, mesh, p_shard, o_shard) if model_abs.cfg.bucketed else None  # layout: variants
     return TrainProgram(mesh, split, params_abs, rest_abs, jax.eval_shape(tx.init, params_abs), p_shard, r_shard,
                         o_shard, tx, schedule, step_fn, eval_fn, stored, reference)
 
@@ -150,3 +153,29 @@ def check_batch(tc, mesh: Mesh, process_count: int, max_context: int) -> None:
 
 def with_shardings(abstract, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
+def initial_params(run_cfg, trainable_shardings, frozen_shardings):
+    """(trainable, frozen) pure dicts: the parameters of train.init_from (a model dir or run dir) or a
+    fresh random init, created by one jitted function directly in its sharded layout."""
+    if run_cfg.train.init_from:
+        _, base = load_model(run_cfg.train.init_from, model_config=run_cfg.model)  # base weights only
+        model = model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, base=base)
+        _, params, rest = split_model(model, run_cfg.lora)
+        return place(params, trainable_shardings), place(rest, frozen_shardings)
+
+    def init():  # quant + LoRA from scratch: LoRA on a quantized random base (a study setting)
+        model = model_for(run_cfg.model, run_cfg.quant, run_cfg.lora, seed=run_cfg.seed)
+        _, params, rest = split_model(model, run_cfg.lora)
+        return params, rest
+
+    return jax.jit(init, out_shardings=(trainable_shardings, frozen_shardings))()
+
+
+def place(tree, shardings):
+    """Host arrays -> global arrays with the given shardings (works across processes)."""
+    def put(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree, shardings)

@@ -47,8 +47,8 @@ class RunLock:
             holder = _read(fd)
             if held or _alive(holder):
                 os.close(fd)
-                raise JaxlmError(f"run dir {run_dir} in use by {describe_holder(holder)} ({path}); wait for that run to "
-                                 f"end or stop it, or choose another train.out_dir") from None
+                raise JaxlmError(f"run dir {run_dir} in use by {describe_holder(holder)} ({path}); wait for that run "
+                                 f"to end or stop it, or choose another train.out_dir") from None
         stale = _read(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),

@@ -98,7 +98,8 @@ def jit_eval_step(evaluate, mesh, state_shardings, rest_shardings):
         with rules.use_mesh(mesh):
             return evaluate(params, rest, batch_)
 
-    return jax.jit(traced, in_shardings=(state_shardings, rest_shardings, batch), out_shardings=NamedSharding(mesh, P()))
+    return jax.jit(traced, in_shardings=(state_shardings, rest_shardings, batch),
+                   out_shardings=NamedSharding(mesh, P()))
 
 
 def jit_train_step(step, mesh, state_shardings, rest_shardings):

@@ -2,17 +2,17 @@
 
 For OpenELM-1.1B and -3B layer shapes (the layer with the most heads) at seq 2048/4096/8192
 (16k tokens per batch), times forward and forward+backward of each implementation side by
-side in one process, and writes a Markdown table to experiments/results/kernels.md:
+side in one process, and writes a Markdown table to benchmarks/results/kernels.md:
   attention: ms, TFLOP/s (causal FLOPs: fwd 2*B*Hq*T*T*D, fwd+bwd 3x that), speed-up over
              XLA and over cuDNN, and the max |difference| from XLA of the output (fwd) or
              of dq, dk, dv (fwd+bwd): a correctness check on the device;
   RMSNorm:   ms, GB/s (bytes the op must move), share of the measured device copy bandwidth.
 On a CPU it says so and runs nothing (interpret-mode timings would mean nothing).
 
-    python experiments/bench_kernels.py [--seqs 2048,4096,8192] [--iters 20] [--out PATH]
-    python experiments/bench_kernels.py --cpu-smoke --out /tmp/smoke.md   # checks this script on a CPU
+    python benchmarks/bench_kernels.py [--seqs 2048,4096,8192] [--iters 20] [--out PATH]
+    python benchmarks/bench_kernels.py --cpu-smoke --out /tmp/smoke.md   # checks this script on a CPU
 
-On a lent GPU, run it under a time limit (e.g. `timeout 540 python experiments/bench_kernels.py`):
+On a lent GPU, run it under a time limit (e.g. `timeout 540 python benchmarks/bench_kernels.py`):
 the report is rewritten after the norms and again after attention, so a cut-short run keeps
 what it measured.
 """
@@ -132,8 +132,7 @@ def bench_rmsnorm(platform: str, iters: int, copy_gbs: float) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from kernels_pallas.rmsnorm import (rms_norm, rms_norm_reference, rms_norm_residual,
-                                        rms_norm_residual_reference)
+    from kernels_pallas.rmsnorm import rms_norm, rms_norm_reference, rms_norm_residual, rms_norm_residual_reference
 
     rows = []
     for config in MODELS:
@@ -195,7 +194,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seqs", default="2048,4096,8192")
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "kernels.md")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "kernels.md")
     parser.add_argument("--skip-attention", action="store_true")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="check this script on a CPU: tiny shapes, kernels in interpret mode, no real numbers")
@@ -233,7 +232,7 @@ def write_report(out: Path, device, backend: str, iters: int, copy_gbs: float, a
 
     title = "CPU SMOKE RUN of the script (interpret mode, timings meaningless)" if INTERPRET else "Kernel benchmark"
     lines = [f"# {title} ({device.device_kind}, jax {jax.__version__})", "",
-             f"Written by `python experiments/bench_kernels.py` on "
+             f"Written by `python benchmarks/bench_kernels.py` on "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
              f"{'' if done else ' (PARTIAL: attention not run yet)'}. "
              f"Median of {iters} timed calls after warm-up; bf16 inputs, {TOKENS} tokens per batch.",
