@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402, I001
-from exp_data_curation import stage_corpus  # noqa: E402
+from exp_data_curation import held_out_tokens, stage_corpus  # noqa: E402
 
 NAME = "curation_filters"
 MODEL = "exp_uniform"
@@ -98,8 +98,7 @@ def main(argv=None) -> int:
 
     dirs = stage_corpus(Path(args.data_root), work / "corpus", p.get("files_per_source"))
     tok = load_tokenizer(common.run_config(MODEL).data.tokenizer)
-    held = {"modern": common.text_tokens(tok, common.HELD_OUT, p["eval_tokens"]),
-            "folio": common.text_tokens(tok, dirs["heldout_folio"], p["eval_tokens"])}
+    held = held_out_tokens(tok, dirs, p["eval_tokens"])
     clf = train_classifier(work / "quality.bin")
     log(f"classifier: held-out accuracy {clf['held_out_accuracy']:.3f} on {clf['held_out_examples']} paragraphs")
     arms = {}

@@ -43,6 +43,12 @@ TOY = dict(steps=2, batch=8, seq=32, seeds=(0,), eval_every=2, eval_tokens=256, 
            synth_prompts=4, synth_tokens=16, files_per_source=2)
 
 
+def held_out_tokens(tok, dirs: dict[str, Path], n: int) -> dict[str, list[int]]:
+    """The held-back plays as token ids: modern spelling, and the same plays in Folio spelling."""
+    return {"modern": common.text_tokens(tok, common.HELD_OUT, n),
+            "folio": common.text_tokens(tok, dirs["heldout_folio"], n)}
+
+
 def stage_corpus(root: Path, dst: Path, files_per_source: int | None) -> dict[str, Path]:
     """Copy the training files (held-back plays removed) into dst/{modern,folio,ocr}; returns the folders."""
     if not (root / "modern").is_dir() or not (root / "folio").is_dir():
@@ -144,8 +150,7 @@ def main(argv=None) -> int:
 
     dirs = stage_corpus(Path(args.data_root), work / "corpus", p.get("files_per_source"))
     tok = load_tokenizer(common.run_config(MODEL).data.tokenizer)
-    held = {"modern": common.text_tokens(tok, common.HELD_OUT, p["eval_tokens"]),
-            "folio": common.text_tokens(tok, dirs["heldout_folio"], p["eval_tokens"])}
+    held = held_out_tokens(tok, dirs, p["eval_tokens"])
     nat = natural_weights(dirs)
     fstats = filter_stats(dirs, p["seq"])
     log(f"natural mix {nat}; openelm filter: {fstats}")
