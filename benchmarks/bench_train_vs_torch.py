@@ -20,6 +20,7 @@ of 1 thread and all cores; the results file is written only on a quiet machine (
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import sys
@@ -164,6 +165,20 @@ NAMES = {"jaxlm": "jaxlm (jax.jit)", "torch": "PyTorch eager (transformers Llama
          "torch.compile": "PyTorch torch.compile (inductor)"}
 
 
+# The packages whose code makes up the jaxlm side's train step; `step_source` fingerprints them, so the
+# summary quotes only runs of the current step code.
+STEP_PACKAGES = ("jaxlm/model", "jaxlm/ops", "jaxlm/training", "kernels_pallas")
+
+
+def step_source() -> str:
+    """sha256 (12 hex digits) over the Python sources of STEP_PACKAGES, in path order."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(p for package in STEP_PACKAGES for p in (root / package).rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -190,6 +205,7 @@ def _record(args, times: dict, watch, torch_threads: int, warm: dict) -> dict:
             "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps, "rounds": args.rounds,
             "busy": bool(args.busy), "load_before": round(watch.before, 2), "load_after": round(watch.after, 2),
             "cores": quiet.cores(), "quiet": watch.quiet and not args.busy, "torch_threads": torch_threads,
+            "step_source": step_source(),
             "xla_threads": quiet.cores(),  # XLA:CPU's intra-op pool: one thread per core it may use
             "warm_s": {k: round(v, 2) for k, v in warm.items()},
             "seconds": {k: [round(t, 4) for t in v] for k, v in times.items()},
@@ -239,27 +255,39 @@ def summary() -> int:
     lines = ["# Train step vs PyTorch: every recorded run", "",
              f"From `{RUNS.name}` (`python benchmarks/bench_train_vs_torch.py --summary`). A run is quiet when the "
              f"load average stayed at or below the core count and no busy process ran beside it.", "",
-             "| date (UTC) | dtype | load before / after | quiet | torch threads | jaxlm / torch eager, rounds | "
-             "jaxlm / torch.compile |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| date (UTC) | step code | dtype | load before / after | quiet | torch threads | "
+             "jaxlm / torch eager, rounds | jaxlm / torch.compile |", "|" + " --- |" * 8]
     for r in runs:
         eager = r["ratio_rounds"].get("torch", [])
         comp = r["ratio_rounds"].get("torch.compile")
-        lines.append(f"| {r['date']} | {r['dtype']}{' (busy)' if r['busy'] else ''} | {r['load_before']:.2f} / "
-                     f"{r['load_after']:.2f} | {'yes' if r['quiet'] else 'no'} | {r['torch_threads']} | "
-                     f"{_spread(eager) if eager else '-'} | {_spread(comp) if comp else '-'} |")
-    lines.append("")
+        code = r.get("step_source", "earlier")
+        lines.append(f"| {r['date']} | {code} | {r['dtype']}{' (busy)' if r['busy'] else ''} "
+                     f"| {r['load_before']:.2f} / {r['load_after']:.2f} | {'yes' if r['quiet'] else 'no'} | "
+                     f"{r['torch_threads']} | {_spread(eager) if eager else '-'} | {_spread(comp) if comp else '-'} |")
+    current = runs[-1].get("step_source") if runs else None
+    lines += ["", f"Over the quiet runs of the newest step code ({current}); runs of earlier code are listed above "
+                  f"and not counted:"]
     for dtype in sorted({r["dtype"] for r in runs}):
-        quiet_runs = [r for r in runs if r["dtype"] == dtype and r["quiet"]]
-        medians = [quiet.median(r["ratio_rounds"]["torch"]) for r in quiet_runs]
-        hours = {r["date"][:13] for r in quiet_runs}
-        if medians:
-            lines.append(f"- {dtype}: median over {len(medians)} quiet runs in {len(hours)} distinct hours: "
-                         f"**{quiet.median(medians):.2f}x** (range {min(medians):.2f}-{max(medians):.2f}x).")
+        lines += _quiet_median([r for r in runs if r["dtype"] == dtype and r["quiet"]
+                                and r.get("step_source") == current], dtype)
     text = "\n".join(lines) + "\n"
     out = RUNS.with_name("train_vs_torch_runs.md")
     out.write_text(text)
     print(text)
     return 0
+
+
+def _quiet_median(runs: list[dict], dtype: str) -> list[str]:
+    """The summary line of one dtype: the median over runs of each run's median round, and its range."""
+    lines = []
+    for side, name in (("torch", "PyTorch eager"), ("torch.compile", "torch.compile")):
+        medians = [quiet.median(r["ratio_rounds"][side]) for r in runs if side in r["ratio_rounds"]]
+        hours = {r["date"][:13] for r in runs if side in r["ratio_rounds"]}
+        if medians:
+            lines.append(f"- {dtype}, jaxlm / {name}: median over {len(medians)} quiet runs in {len(hours)} "
+                         f"distinct hours: **{quiet.median(medians):.2f}x** (range {min(medians):.2f}-"
+                         f"{max(medians):.2f}x).")
+    return lines
 
 
 def _torch_version() -> str:

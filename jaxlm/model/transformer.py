@@ -33,6 +33,7 @@ from jaxlm.model import kv_cache
 from jaxlm.model.config import LayerSpec, ModelConfig
 from jaxlm.model.layout import BLOCK_WEIGHTS, EMBED_AXES, LM_HEAD_AXES, NORM_AXES
 from jaxlm.model.rope import apply_rope, rope_tables
+from jaxlm.ops.policy import policy
 from jaxlm.parallel.rules import constrain
 
 REMAT_POLICIES = {
@@ -213,7 +214,8 @@ def run_group(block: Block, x, cos, sin, cache, remat: str, data: dict):
 
 
 def scan_block(graphdef, state, x, cos, sin, cache, remat: str, data: dict):
-    """lax.scan of one block's graph over parameters (and cache) stacked on the leading axis."""
+    """lax.scan of one block's graph over parameters (and cache) stacked on the leading axis, unrolled where
+    the platform's policy says (`unroll_layer_scan`; the parameters stay stacked either way)."""
 
     def body(h, layer):
         layer_state, layer_cache = layer
@@ -222,7 +224,8 @@ def scan_block(graphdef, state, x, cos, sin, cache, remat: str, data: dict):
 
     if remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
-    x, cache = jax.lax.scan(body, x, (state, cache))
+    unroll = policy(ops.target_platform()).unroll_layer_scan
+    x, cache = jax.lax.scan(body, x, (state, cache), unroll=unroll)
     return x, cache
 
 

@@ -2,9 +2,12 @@
 other than a plain array (quantized weights, LoRA-wrapped weights) plug in here.
 
 A projection whose weight's leading dims are contracted with x's trailing dims (all of the
-model's: "btd,dkgh->btkgh", "btkgh,kghd->btd", ...) runs as one 2-D matmul, x (..., K) @ W (K, N),
-with both reshapes free in row-major order. Given the 4-D einsum instead, XLA:CPU transposed and
-copied the attention output weight on every decode step (docs/inference.md). On a TPU the
+model's: "btd,dkgh->btkgh", "btkgh,kghd->btd", ...) runs as one 2-D matmul, x (M, K) @ W (K, N)
+with M = every leading position (B·T), both reshapes free in row-major order. Given the 4-D einsum
+instead, XLA:CPU transposed and copied the attention output weight on every decode step
+(docs/inference.md). Given x with its (B, T) leading dims kept, the backward's weight gradient
+contracts two axes, and XLA:CPU transposed the output gradient into a copy and ran that matmul
+outside its YNNPACK kernels: the tiny_uniform train step took 1.19x as long (docs/training.md). On a TPU the
 reshape is not free: its arrays are tiled over their two minor dims, so the (D, 2, F) FFN
 weight as (D, 2F) is a relayout copy of the whole weight per step; there the einsum goes to
 XLA as written, and the TPU compiler reads every weight in place.
@@ -46,7 +49,7 @@ def dense(equation: str, x: jax.Array, w, dtype=None, out_dtype=None) -> jax.Arr
     if n is None or not policy(target_platform()).dense_as_2d_dot:
         return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(out_dtype)
     lead, out_dims = x.shape[:x.ndim - n], w.shape[n:]
-    x2 = x.reshape(lead + (math.prod(w.shape[:n]),))
+    x2 = x.reshape(math.prod(lead), math.prod(w.shape[:n]))  # rows: every leading (batch, time) position
     w2 = w.reshape(math.prod(w.shape[:n]), math.prod(out_dims))
-    y = jax.lax.dot_general(x2, w2, (((x2.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    y = jax.lax.dot_general(x2, w2, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     return y.reshape(lead + out_dims).astype(out_dtype)

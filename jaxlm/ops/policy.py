@@ -32,6 +32,9 @@ class Policy:
     decode_layers: str
     # `ops.cached_attention` in a 16-bit dtype computes in float32 (the platform has no batched 16-bit dot).
     cached_attention_in_f32: bool
+    # The model's lax.scan over a group of stacked layers (training, scoring, prefill in the stored layout)
+    # is unrolled: the parameters stay stacked, the compiled program has one copy of the block per layer.
+    unroll_layer_scan: bool
 
 
 POLICIES: dict[str, Policy] = {
@@ -50,6 +53,11 @@ POLICIES: dict[str, Policy] = {
         # XLA:CPU has no batched bf16 x bf16 -> f32 dot ("Unsupported element type for DotThunk"); it
         # would upcast a bf16 dot anyway.
         cached_attention_in_f32=True,
+        # Measured (docs/training.md, "Where the step's time goes"): scanned, every layer's weights were
+        # sliced out of the stack and every residual and weight gradient written back with a
+        # dynamic-update-slice; unrolled, the tiny_uniform train step took 0.85x the time. Compile time
+        # grows with depth, which a CPU's models keep small.
+        unroll_layer_scan=True,
     ),
     "gpu": Policy(
         # Compiled for sm_90 (benchmarks/results/gpu_compile.md): packed training batches carry segment
@@ -65,6 +73,7 @@ POLICIES: dict[str, Policy] = {
         # matmul, and a scan keeps compile time flat in depth.
         decode_layers="scan",
         cached_attention_in_f32=False,
+        unroll_layer_scan=False,  # a scan keeps compile time flat in depth; the GPU step is unmeasured
     ),
     "tpu": Policy(
         # Compiled with libtpu, never run on a TPU: the Mosaic kernels keep attention O(T) in memory and
@@ -80,6 +89,7 @@ POLICIES: dict[str, Policy] = {
         cache_write_one_token="select",
         decode_layers="scan",  # as on GPU (reasoned)
         cached_attention_in_f32=False,
+        unroll_layer_scan=False,  # as on GPU: compile time flat in depth (a slice compile from any host)
     ),
 }
 
