@@ -135,6 +135,7 @@ def main() -> int:
 
     jrun = jax_runner(run_cfg, args.batch, args.seq_len)
     trun, torch_params = torch_runner(run_cfg.model, args.batch, args.seq_len, run_cfg.train.lr, args.dtype)
+    busy = _start_busy() if args.busy else None  # before the probe: torch picks its threads under the same load
     threads = quiet.best_torch_threads(lambda: trun(2), repeats=1)  # torch's warm-up
     sides = {"jaxlm": lambda: jrun(args.steps), "torch": lambda: trun(args.steps)}
     warm = {"jaxlm": _timed(lambda: jrun(2))}
@@ -144,7 +145,6 @@ def main() -> int:
         warm["torch.compile"] = _timed(lambda: crun(2))  # inductor compiles the forward and backward here
         crun(2)
         sides["torch.compile"] = lambda: crun(args.steps)
-    busy = _start_busy() if args.busy else None
     try:
         times = quiet.interleaved(sides, args.rounds)
     finally:
@@ -156,7 +156,10 @@ def main() -> int:
     text = _report(args, run_cfg, record, torch_params, param_count(abstract_model(run_cfg.model)))
     suffix = ("" if args.dtype == "float32" else "_bf16") + ("_busy" if args.busy else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"train_vs_torch{suffix}.md")
-    return quiet.write_results(out, text, watch, args.force)
+    if args.busy:
+        text += (f"The busy process is part of the measurement: it adds 1 to the load (quiet before, at most "
+                 f"{quiet.cores() + 1} at the end).\n")
+    return quiet.write_results(out, text, watch, args.force, own_load=1 if args.busy else 0)
 
 
 RUNS = Path(__file__).parent / "results" / "train_vs_torch.jsonl"
