@@ -18,7 +18,8 @@ before the smallest query position minus the window (long sequences and decode a
 cache then cost O(T·window)). Segment ids are masked, not skipped. Queries and keys that fit one
 block each run straight, without loops or cond (a wholly masked pair computed gives what skipping
 it gives: zero weight on every key); on a CPU the loops' bookkeeping cost 2% of a small model's
-train step.
+train step. Causal self-attention by index within one block runs as two halves (`_causal_halves`),
+so the masked quarter is skipped without loops too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 from kernels_pallas.attention.common import MASK_VALUE, split_segments
 
 DEFAULT_BLOCK = 512  # query and key block; one f32 score tile is B·Hq·512·512·4 bytes
+_HALVES_MIN = 64  # shortest causal sequence split into halves: shorter ones stay one call
 _NO_POSITION = jnp.iinfo(jnp.int32).min  # a padded query: sees no key under the causal mask
 _LATE_POSITION = jnp.iinfo(jnp.int32).max  # a padded key: no query sees it under the causal mask
 
@@ -67,7 +69,34 @@ def blockwise_attention(
 
     A sequence shorter than its block is one block of its own length (no padding); longer ones
     are padded to a multiple of the block (padded keys are masked, padded queries sliced off).
+    Causal self-attention by index that fits one block is run as two halves (`_causal_halves`).
     """
+    options = dict(sm_scale=sm_scale, block_q=block_q, block_k=block_k)
+    t = q.shape[1]
+    if (causal and q_positions is None and kv_positions is None and sliding_window is None and t == k.shape[1]
+            and _HALVES_MIN <= t <= min(block_q, block_k) and t % 2 == 0):
+        return _causal_halves(q, k, v, segment_ids, options)
+    return _blockwise(q, k, v, causal, segment_ids, q_positions, kv_positions, sliding_window, options)
+
+
+def _causal_halves(q, k, v, segment_ids, options: dict):
+    """Causal self-attention (positions = indices) as two one-block calls: the first half of the queries
+    against the first half of the keys, the second half against all of them. The quarter left out, the
+    first half's queries against the second half's keys, is all masked under causality: 25% less score
+    work, and on a CPU the tiny_uniform train step took 0.95x the time at T = 128 (docs/training.md).
+    Each call's default positions line up (the second half's queries sit at S - T + i)."""
+    h = q.shape[1] // 2
+    q_seg, kv_seg = split_segments(segment_ids) if segment_ids is not None else (None, None)
+    halves = []
+    for rows, keys in ((slice(0, h), slice(0, h)), (slice(h, 2 * h), slice(0, 2 * h))):
+        segments = None if q_seg is None else (q_seg[:, rows], kv_seg[:, keys])
+        halves.append(_blockwise(q[:, rows], k[:, keys], v[:, keys], True, segments, None, None, None, options))
+    return jnp.concatenate(halves, axis=1)
+
+
+def _blockwise(q, k, v, causal: bool, segment_ids, q_positions, kv_positions, sliding_window, options: dict):
+    """`blockwise_attention` over blocks of queries and keys (its arguments; options: sm_scale, block_q, block_k)."""
+    sm_scale, block_q, block_k = options["sm_scale"], options["block_q"], options["block_k"]
     b, t, hq, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
     groups = hq // hkv
