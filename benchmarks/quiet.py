@@ -111,12 +111,12 @@ def write_results(path: Path, text: str, watch: LoadWatch, force: bool, own_load
     """Write text to path only on a quiet machine (or with force); returns the exit code. own_load: the
     load the benchmark adds on purpose (a busy process), allowed at the end on top of the cores."""
     print(text)
-    quiet = watch.quiet_besides(own_load)
-    if not quiet and not force:
+    is_quiet = watch.quiet_besides(own_load)
+    if not is_quiet and not force:
         print(f"load above {cores()} cores ({watch.line()}): not writing {path}; rerun on a quiet machine "
               f"(or --force)")
         return 1
-    if not quiet:
+    if not is_quiet:
         text += f"\n**Measured on a loaded machine ({watch.line()}), written with --force: do not quote.**\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -61,6 +61,18 @@ def test_packed_segments(dtype):
     _check(q, k, v, do, dtype, causal=True, segment_ids=_packed(2, 53))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)
+def test_causal_halves_within_one_default_block(dtype):
+    """T = 96 fits one default block: causal self-attention runs as two halves (`_causal_halves`)."""
+    q, k, v, do = _inputs(2, 96, 96, 4, 2, 16, dtype)
+    options = dict(causal=True, segment_ids=_packed(2, 96))
+    out, grads = value_and_grads(lambda q, k, v: blockwise_attention(q, k, v, **options), (q, k, v), do)
+    ref_out, ref_grads = value_and_grads(lambda q, k, v: attention_reference(q, k, v, **options), as_f32(q, k, v), do)
+    assert_close(out, ref_out, dtype, "output")
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert_close(g, r, dtype, name)
+
+
 def test_segment_pair_with_t_not_s():
     """((B, T), (B, S)) segment ids: the queries are the last T tokens of the keys' documents."""
     b, t, s = 2, 21, 45
